@@ -1,0 +1,1 @@
+"""Adience ingestion, TFRecord shards and the tf.data pipeline."""

@@ -1,0 +1,1 @@
+"""Set-up, process launch and placement on a host."""

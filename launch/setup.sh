@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Makes everything the project needs, from a fresh machine: a virtual environment at .venv with
+# the pinned packages of requirements.txt, and Horovod 0.28.1 built from its sdist against the
+# pinned TensorFlow (with Gloo; with NCCL on a GPU machine), patched from launch/patches/.
+#
+# Idempotent: the Horovod wheel is built once and cached outside the repo, keyed by everything
+# that changes the binary, so a second run only checks and takes seconds.
+#
+#   bash launch/setup.sh
+#
+# Knobs (environment): PYTHON (default python3.11), TF_FLAVOUR (auto|cpu|cuda),
+# HOROVOD_NCCL (auto|0|1), AGENET_CACHE (default ~/.cache/agenet), BUILD_JOBS (default: cores).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=$root/.venv
+python=${PYTHON:-python3.11}
+cache=${AGENET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agenet}
+horovod_version=0.28.1
+patch_file=$root/launch/patches/horovod-0.28.1-tf2.16.patch
+
+say() { echo "[setup] $*"; }
+die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+pick_flavour() {
+  case "${TF_FLAVOUR:-auto}" in
+    cpu|cuda) echo "$TF_FLAVOUR" ;;
+    auto)
+      if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+        echo cuda
+      else
+        echo cpu
+      fi ;;
+    *) die "TF_FLAVOUR must be auto, cpu or cuda, not '$TF_FLAVOUR'" ;;
+  esac
+}
+
+# requirements.txt names tensorflow-cpu; the CUDA flavour is the same version of tensorflow[and-cuda].
+requirements_for() {
+  local flavour=$1 out=$2
+  if [ "$flavour" = cuda ]; then
+    sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' "$root/requirements.txt" > "$out"
+  else
+    cp "$root/requirements.txt" "$out"
+  fi
+}
+
+make_venv() {
+  local flavour=$1
+  command -v "$python" >/dev/null 2>&1 || die "$python not found: install Python 3.11 or set PYTHON=/path/to/python3.11"
+  local version
+  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  [ "$version" = 3.11 ] || say "warning: $python is Python $version; the pins are tested with 3.11"
+  # A venv of the other flavour would end up with both TensorFlow builds: start it again.
+  if [ -f "$venv/agenet-flavour" ] && [ "$(cat "$venv/agenet-flavour")" != "$flavour" ]; then
+    say "the existing .venv is $(cat "$venv/agenet-flavour"); making a new one for $flavour"
+    rm -rf "$venv"
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    "$python" -m venv "$venv"
+  fi
+  echo "$flavour" > "$venv/agenet-flavour"
+}
+
+install_requirements() {
+  local flavour=$1 reqs
+  reqs=$(mktemp)
+  requirements_for "$flavour" "$reqs"
+  say "installing the pinned packages (TensorFlow flavour: $flavour)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+  rm -f "$reqs"
+}
+
+tf_version() {
+  "$venv/bin/python" - <<'EOF'
+import importlib.metadata as m
+for name in ("tensorflow-cpu", "tensorflow"):
+    try:
+        print(m.version(name)); break
+    except m.PackageNotFoundError:
+        pass
+EOF
+}
+
+want_nccl() {
+  local flavour=$1
+  case "${HOROVOD_NCCL:-auto}" in
+    0|1) echo "$HOROVOD_NCCL" ;;
+    auto) [ "$flavour" = cuda ] && echo 1 || echo 0 ;;
+    *) die "HOROVOD_NCCL must be auto, 0 or 1" ;;
+  esac
+}
+
+ensure_compiler() {
+  command -v "${CXX:-g++}" >/dev/null 2>&1 && command -v make >/dev/null 2>&1 && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing a C++ compiler (g++, make) with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ make
+  else
+    die "Horovod is compiled from source and needs a C++ compiler and make. Install them, e.g. 'sudo apt-get install -y g++ make' (Debian/Ubuntu) or 'sudo dnf install -y gcc-c++ make', then run this again."
+  fi
+}
+
+# Where the nvidia-nccl wheel (pulled in by tensorflow[and-cuda]) keeps NCCL; Horovod's CMake
+# looks for libnccl.so, which the wheel ships only as libnccl.so.2.
+nccl_home() {
+  local home
+  home=$("$venv/bin/python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))') \
+    || die "NCCL was asked for but the nvidia-nccl wheel is not installed"
+  [ -e "$home/lib/libnccl.so" ] || ln -s libnccl.so.2 "$home/lib/libnccl.so"
+  echo "$home"
+}
+
+build_horovod_wheel() {
+  local flavour=$1 nccl=$2 dest=$3 work
+  ensure_compiler
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/launch/build-requirements.txt"
+  work=$(mktemp -d)
+  say "building Horovod $horovod_version from its sdist (about 4 minutes on 2 cores)"
+  "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --no-binary :all: "horovod==$horovod_version" -d "$work"
+  tar -xzf "$work/horovod-$horovod_version.tar.gz" -C "$work"
+  git -C "$work/horovod-$horovod_version" apply "$patch_file"
+  local -a build_env=(
+    PATH="$venv/bin:$PATH" MAKEFLAGS="-j${BUILD_JOBS:-$(nproc)}" CMAKE_POLICY_VERSION_MINIMUM=3.5
+    HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
+    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1)
+  if [ "$nccl" = 1 ]; then
+    command -v nvcc >/dev/null 2>&1 || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] \
+      || die "building Horovod with NCCL needs the CUDA toolkit (nvcc); install it or set CUDA_HOME"
+    build_env+=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED
+      HOROVOD_NCCL_HOME="$(nccl_home)" HOROVOD_CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}")
+  fi
+  env "${build_env[@]}" "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps \
+    --disable-pip-version-check -w "$work/dist" "$work/horovod-$horovod_version" > "$work/build.log" 2>&1 \
+    || { tail -n 60 "$work/build.log" >&2; die "the Horovod build failed; full log: $work/build.log"; }
+  # Publish the wheel with one rename, so that an interrupted build never leaves a cache entry.
+  mkdir -p "$(dirname "$dest")"
+  local staged
+  staged=$(mktemp -d "$dest.partial.XXXXXX")
+  cp "$work"/dist/horovod-*.whl "$staged/"
+  mv -T "$staged" "$dest" 2>/dev/null || rm -rf "$staged"  # another setup published it first
+  rm -rf "$work"
+}
+
+# Names the cached wheel by everything that changes the binary, so that a wheel built for one
+# machine (a CPU TensorFlow, say) is never installed on another (a GPU one).
+wheel_key() {
+  local flavour=$1 nccl=$2 tf py
+  tf=$(tf_version)
+  py=$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
+  echo "horovod-$horovod_version-tf$tf-$flavour-nccl$nccl-py$py-$(uname -m)-patch$(sha256sum "$patch_file" | cut -c1-12)"
+}
+
+install_horovod() {
+  local flavour=$1 nccl=$2 key dest
+  key=$(wheel_key "$flavour" "$nccl")
+  if [ -f "$venv/agenet-horovod" ] && [ "$(cat "$venv/agenet-horovod")" = "$key" ] \
+    && "$venv/bin/python" -m pip show --quiet horovod >/dev/null 2>&1; then
+    say "Horovod already installed ($key)"
+    return
+  fi
+  dest=$cache/wheels/$key
+  mkdir -p "$cache/wheels"
+  exec 9>"$cache/wheels/.lock"
+  flock 9  # two set-ups at once build the wheel once
+  if [ -d "$dest" ]; then
+    say "using the cached Horovod wheel $dest"
+  else
+    build_horovod_wheel "$flavour" "$nccl" "$dest"
+  fi
+  flock -u 9
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$dest"/horovod-*.whl
+  echo "$key" > "$venv/agenet-horovod"
+}
+
+check_horovod() {
+  local nccl=$1 report errors
+  errors=$(mktemp)  # TensorFlow logs at import even when all is well: show them only on failure
+  "$venv/bin/python" -c 'import horovod.tensorflow as hvd; assert hvd.gloo_built(), "Gloo not built"' 2>"$errors" \
+    || { cat "$errors" >&2; die "horovod.tensorflow does not import or has no Gloo; delete $cache/wheels and run this again"; }
+  report=$("$venv/bin/horovodrun" --check-build 2>"$errors") \
+    || { cat "$errors" >&2; die "horovodrun --check-build failed"; }
+  rm -f "$errors"
+  echo "$report" | sed 's/^/[setup]   /'
+  echo "$report" | grep -q '\[X\] TensorFlow' || die "horovodrun --check-build: TensorFlow is missing"
+  [ "$(echo "$report" | grep -c '\[X\] Gloo')" = 2 ] || die "horovodrun --check-build: Gloo controller or operations missing"
+  if [ "$nccl" = 1 ]; then
+    echo "$report" | grep -q '\[X\] NCCL' || die "horovodrun --check-build: NCCL is missing"
+  fi
+}
+
+main() {
+  local start flavour nccl
+  start=$(date +%s)
+  flavour=$(pick_flavour)
+  nccl=$(want_nccl "$flavour")
+  say "TensorFlow flavour: $flavour ($( [ "$flavour" = cuda ] && echo 'an NVIDIA GPU was found' || echo 'no NVIDIA GPU found' )); NCCL: $nccl"
+  make_venv "$flavour"
+  install_requirements "$flavour"
+  install_horovod "$flavour" "$nccl"
+  check_horovod "$nccl"
+  say "ready in $(( $(date +%s) - start )) s: $venv (activate with 'source .venv/bin/activate')"
+}
+
+# Sourcing the file (as the tests do) defines the functions without running anything.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi

@@ -1,0 +1,51 @@
+"""Processes sharing a host split its cores between TensorFlow's thread pools."""
+
+import json
+
+import pytest
+
+from conftest import run
+from launch import host
+
+
+def test_alone_by_default():
+    assert host.processes_on_this_host({}) == 1
+
+
+@pytest.mark.parametrize("variable", ["HOROVOD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"])
+def test_launcher_says_how_many_processes_share_the_host(variable):
+    assert host.processes_on_this_host({variable: "4"}) == 4
+
+
+def test_tf_config_counts_the_tasks_on_this_tasks_host():
+    tf_config = {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.1:2223", "10.0.0.2:2222"]},
+                 "task": {"type": "worker", "index": 2}}
+    assert host.processes_on_this_host({"TF_CONFIG": json.dumps(tf_config)}) == 1
+    tf_config["task"]["index"] = 0
+    assert host.processes_on_this_host({"TF_CONFIG": json.dumps(tf_config)}) == 2
+
+
+@pytest.mark.parametrize("processes, cores, intra", [(1, 2, 2), (2, 2, 1), (3, 2, 1), (2, 8, 4)])
+def test_cores_are_split_between_processes(processes, cores, intra):
+    assert host.thread_counts(processes, cores) == (intra, host.INTER_OP_THREADS)
+
+
+def test_configure_threads_sets_tensorflow_pools(python):
+    code = ("from launch import host; import tensorflow as tf; t = host.configure_threads(); "
+            "tf.constant(1.0) + 1.0; "
+            "print(t['intra_op'], tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads(), host.available_cores())")
+    result = run([python, "-c", code], env={"HOROVOD_LOCAL_SIZE": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned, intra, inter, cores = map(int, result.stdout.split())
+    assert intra == planned == max(1, cores // 2)
+    assert inter == host.INTER_OP_THREADS
+
+
+def test_configure_threads_too_late_is_a_clear_error(python):
+    code = ("import tensorflow as tf; tf.constant(1.0) + 1.0\n"
+            "from launch import host\n"
+            "try:\n    host.configure_threads()\n"
+            "except RuntimeError as e:\n    print(e)")
+    result = run([python, "-c", code])
+    assert "must run before TensorFlow runs its first op" in result.stdout

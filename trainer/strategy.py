@@ -1,0 +1,188 @@
+"""The one module that knows how training is distributed: tf.distribute or Horovod.
+
+A training step is written for one replica and calls the few operations offered here; it never
+asks which backend runs it. The rules every backend keeps:
+
+- The loss is the per-example sum divided by the GLOBAL batch size (`replica_loss`), so that
+  summing the replicas' gradients gives the gradient of the global batch's mean loss.
+- Under tf.distribute, Keras 3's `optimizer.apply_gradients` itself sums the gradients across
+  replicas, so `reduce_gradients` adds nothing there (a second sum would double the update).
+  Under Horovod nothing else reduces: `reduce_gradients` is one grouped all-reduce SUM.
+- A term that every replica adds to its loss (weight decay) is summed across replicas the same
+  way: divide it by the number of replicas (`scale_regularization`).
+
+Horovod 0.28.1 with Keras 3: `hvd.DistributedGradientTape` and `horovod.tensorflow.keras` do
+not work (BUILD_NOTES.md), which is why the step reduces with `hvd.grouped_allreduce` here.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "horovod")
+
+
+def pick_strategy(environ=None):
+    """What `--strategy=auto` means here: the launcher's choice, else the devices'."""
+    environ = os.environ if environ is None else environ
+    if "HOROVOD_RANK" in environ:
+        return "horovod"
+    if environ.get("TF_CONFIG"):
+        cluster = json.loads(environ["TF_CONFIG"]).get("cluster", {})
+        if sum(len(tasks) for tasks in cluster.values()) > 1:
+            return "multi_worker"
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return "mirrored"
+    return "one_device"
+
+
+def create(name="auto", logical_cpus=0):
+    """Creates the backend. Call before TensorFlow runs its first op (devices are set here).
+
+    Args:
+      name: one of STRATEGIES.
+      logical_cpus: with no GPU, split the CPU into this many logical devices, so that
+        `mirrored` runs several replicas in one process (for tests and debugging).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    if name == "auto":
+        name = pick_strategy()
+    if name == "horovod":
+        return HorovodBackend()
+    devices = _local_devices(logical_cpus)
+    if name == "one_device":
+        return TFDistributeBackend(name, tf.distribute.OneDeviceStrategy(devices[0]))
+    if name == "mirrored":
+        return TFDistributeBackend(name, tf.distribute.MirroredStrategy(devices))
+    implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
+                      if tf.config.list_physical_devices("GPU")
+                      else tf.distribute.experimental.CommunicationImplementation.RING)
+    return TFDistributeBackend(name, tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation)))
+
+
+def _local_devices(logical_cpus):
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return [f"/gpu:{i}" for i in range(len(gpus))]
+    if logical_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        return [f"/cpu:{i}" for i in range(logical_cpus)]
+    return ["/cpu:0"]
+
+
+def replica_loss(per_example_loss, global_batch_size):
+    """One replica's share of the global batch's mean loss."""
+    return tf.reduce_sum(per_example_loss) / tf.cast(global_batch_size, per_example_loss.dtype)
+
+
+class TFDistributeBackend:
+    """One device, MirroredStrategy or MultiWorkerMirroredStrategy."""
+
+    def __init__(self, name, strategy):
+        self.name = name
+        self._strategy = strategy
+        self.is_chief = strategy.extended.should_checkpoint
+        self.num_processes = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
+        self.process_index = _task_index(getattr(strategy, "cluster_resolver", None))
+
+    @property
+    def num_replicas(self):
+        return self._strategy.num_replicas_in_sync
+
+    def scope(self):
+        return self._strategy.scope()
+
+    def run(self, replica_fn, args=()):
+        return self._strategy.run(replica_fn, args=args)
+
+    def sum(self, per_replica_value):
+        """The sum over replicas of a per-replica value, outside the replica function."""
+        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_value, axis=None)
+
+    def distribute_values(self, value_fn):
+        """Per-replica values: `value_fn(replica_id)` for each replica of this process."""
+        return self._strategy.experimental_distribute_values_from_function(
+            lambda context: value_fn(context.replica_id_in_sync_group))
+
+    def reduce_gradients(self, grads):
+        return grads  # Keras 3's apply_gradients sums across replicas itself.
+
+    def all_reduce_sum(self, values):
+        """Sums values across replicas, inside the replica function."""
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+    def scale_regularization(self, loss):
+        return loss / self.num_replicas
+
+    def sync_variables(self, variables):
+        del variables  # Mirrored variables are created equal on every replica.
+
+
+class HorovodBackend:
+    """One replica per process, launched by horovodrun; collectives over Gloo (or NCCL)."""
+
+    def __init__(self):
+        import horovod.tensorflow as hvd  # only this backend needs Horovod installed
+
+        self.name = "horovod"
+        self._hvd = hvd
+        hvd.init()
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+            tf.config.experimental.set_memory_growth(gpus[hvd.local_rank()], True)
+        self.process_index = hvd.rank()
+        self.num_processes = hvd.size()
+        self.is_chief = hvd.rank() == 0
+
+    @property
+    def num_replicas(self):
+        return self._hvd.size()
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def run(self, replica_fn, args=()):
+        return replica_fn(*args)
+
+    def sum(self, value):
+        return self._hvd.allreduce(value, op=self._hvd.Sum)
+
+    def distribute_values(self, value_fn):
+        return value_fn(self._hvd.rank())
+
+    def reduce_gradients(self, grads):
+        return self._hvd.grouped_allreduce(grads, op=self._hvd.Sum)
+
+    def all_reduce_sum(self, values):
+        return self._hvd.grouped_allreduce(values, op=self._hvd.Sum)
+
+    def scale_regularization(self, loss):
+        return loss / self.num_replicas
+
+    def sync_variables(self, variables):
+        """Makes every rank start from rank 0's values (model and optimizer state)."""
+        self._hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
+
+
+def _task_index(resolver):
+    """This process's place among the workers of a TF_CONFIG cluster (the chief first)."""
+    if resolver is None or not resolver.task_type:
+        return 0
+    if resolver.task_type == "chief":
+        return 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_id + int(has_chief)
+
+
+def _tf_variable(variable):
+    # Keras 3 variables wrap a tf.Variable, which is what Horovod's broadcast assigns to.
+    return variable.value if isinstance(variable, keras.Variable) else variable
