@@ -116,6 +116,7 @@ build_horovod_wheel() {
   local flavour=$1 nccl=$2 dest=$3 work
   ensure_compiler
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/launch/build-requirements.txt"
+  local started=$SECONDS
   work=$(mktemp -d)
   say "building Horovod $horovod_version from its sdist (about 4 minutes on 2 cores)"
   "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
@@ -142,6 +143,7 @@ build_horovod_wheel() {
   cp "$work"/dist/horovod-*.whl "$staged/"
   mv -T "$staged" "$dest" 2>/dev/null || rm -rf "$staged"  # another setup published it first
   rm -rf "$work"
+  say "built and cached the Horovod wheel in $(( SECONDS - started )) s: $dest"
 }
 
 # Names the cached wheel by everything that changes the binary, so that a wheel built for one

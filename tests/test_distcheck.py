@@ -6,10 +6,13 @@ reduction under Horovod) change the update by far more than the tolerance, and e
 make the check fail, so a passing check means the reduction is right.
 """
 
+import json
+import socket
+
 import numpy as np
 import pytest
 
-from conftest import json_lines, run
+from conftest import json_lines, run, start
 
 TOLERANCE = 1e-5
 
@@ -85,3 +88,31 @@ def test_horovod_check_fails_on_a_per_replica_mean_loss(horovodrun, python, tmp_
     assert result.returncode != 0
     reports = json_lines(result.stdout)
     assert reports and all(r["max_abs_difference"] > 100 * TOLERANCE for r in reports)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes_agree_with_one_device(python, tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(start([python, "-m", "trainer.distcheck", "--strategy=auto",
+                                f"--out_dir={tmp_path}", f"--tolerance={TOLERANCE}"],
+                               env={"TF_CONFIG": json.dumps(tf_config)}))
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+        report = json_lines(stdout)[-1]
+        assert report["strategy"] == "multi_worker" and report["replicas"] == 2
+        assert report["agree"] and report["threads"]["processes"] == 2
+    worker0, worker1 = _weights(tmp_path / "weights-0.npz"), _weights(tmp_path / "weights-1.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(worker0, worker1))
