@@ -93,12 +93,16 @@ want_nccl() {
 }
 
 ensure_compiler() {
-  command -v "${CXX:-g++}" >/dev/null 2>&1 && command -v make >/dev/null 2>&1 && return
+  local headers
+  headers=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  command -v "${CXX:-g++}" >/dev/null 2>&1 && command -v make >/dev/null 2>&1 \
+    && [ -f "$headers/Python.h" ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing a C++ compiler (g++, make) with apt-get"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ make
+    say "installing a C++ compiler, make and Python's headers with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ make python3-dev
+    [ -f "$headers/Python.h" ] || die "Python.h is still missing from $headers: install the development headers of $python"
   else
-    die "Horovod is compiled from source and needs a C++ compiler and make. Install them, e.g. 'sudo apt-get install -y g++ make' (Debian/Ubuntu) or 'sudo dnf install -y gcc-c++ make', then run this again."
+    die "Horovod is compiled from source and needs a C++ compiler, make and Python's headers ($headers/Python.h). Install them, e.g. 'sudo apt-get install -y g++ make python3-dev' (Debian/Ubuntu) or 'sudo dnf install -y gcc-c++ make python3-devel', then run this again."
   fi
 }
 
