@@ -52,3 +52,29 @@ def python():
 @pytest.fixture
 def horovodrun():
     return VENV_BIN / "horovodrun"
+
+
+# A small synthetic Adience tree and its records, built once for the session. Small images
+# (records of 64x64, crops of 56) keep the suite fast; the code paths are the full-size ones.
+TINY_RECORD_SIZE = 64
+TINY_CROP_SIZE = 56
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory):
+    from input import synthetic
+
+    out = tmp_path_factory.mktemp("adience")
+    synthetic.generate(str(out), subjects=10, seed=1, image_size=96, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def records(synthetic_tree, tmp_path_factory):
+    """Records of the 5-fold protocol, JPEG, 2 shards per fold."""
+    from input import build
+
+    out = tmp_path_factory.mktemp("records")
+    build.build(str(synthetic_tree), str(out), shards_per_split=2, workers=2,
+                image_size=TINY_RECORD_SIZE)
+    return out

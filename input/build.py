@@ -1,0 +1,236 @@
+"""Builds sharded TFRecords and a manifest from an Adience tree (the real download or ours).
+
+  python -m input.build --adience_dir ~/data/adience --out_dir ~/data/records
+  python -m input.build --adience_dir /tmp/synthetic --out_dir /tmp/records --protocol=split \
+      --format=raw --workers=2
+
+Reads the fold files (`input.adience`), splits by subject (`input.splits`), and writes
+`--shards` files per split with `--workers` processes (`input.shards`). A re-run with the same
+settings skips the shards already complete, so an interrupted build is resumed, not restarted.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+
+from absl import app
+from absl import flags
+
+from input import adience
+from input import schema
+from input import shards
+from input import splits
+from launch import host
+
+MANIFEST_VERSION = 1
+PROGRESS_SECONDS = 2.0
+PROBLEMS_SHOWN = 10
+
+flags.DEFINE_string("adience_dir", None, "Folder with fold_N_data.txt and aligned/ or faces/.")
+flags.DEFINE_string("out_dir", None, "Where the shards and manifest.json are written.")
+flags.DEFINE_enum("task", "age", adience.TASKS, "Which label the records carry.")
+flags.DEFINE_enum("age_labels", "paper", adience.AGE_RULES,
+                  "paper: the eight exact age strings only; nearest: also map other ages.")
+flags.DEFINE_enum("layout", "aligned", adience.LAYOUTS, "Which image layout to read.")
+flags.DEFINE_enum("protocol", "folds", splits.PROTOCOLS,
+                  "folds: the paper's 5 folds; split: 60/20/20 by user_id, seeded.")
+flags.DEFINE_integer("seed", 0, "Seed of the 60/20/20 split.")
+flags.DEFINE_integer("shards", 8, "Shard files per split.")
+flags.DEFINE_integer("workers", host.available_cores(), "Writer processes.")
+flags.DEFINE_enum("format", "jpeg", schema.FORMATS, "jpeg, or raw decoded pixels (no decode).")
+flags.DEFINE_integer("image_size", 256, "Side of the stored square images.")
+flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored images.")
+flags.DEFINE_bool("strict", False, "Fail on the first bad line, label or image.")
+flags.mark_flags_as_required(["adience_dir", "out_dir"])
+FLAGS = flags.FLAGS
+
+
+class BuildError(Exception):
+    """Bad input or a records folder that cannot be used: the message says which."""
+
+
+def main(argv):
+    del argv
+    try:
+        build(adience_dir=FLAGS.adience_dir, out_dir=FLAGS.out_dir, task=FLAGS.task,
+              age_rule=FLAGS.age_labels, layout=FLAGS.layout, protocol=FLAGS.protocol,
+              seed=FLAGS.seed, shards_per_split=FLAGS.shards, workers=FLAGS.workers,
+              image_format=FLAGS.format, image_size=FLAGS.image_size,
+              jpeg_quality=FLAGS.jpeg_quality, strict=FLAGS.strict)
+    except (BuildError, shards.BadImage, FileNotFoundError, ValueError) as error:
+        print(f"input.build: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build(adience_dir, out_dir, task="age", age_rule="paper", layout="aligned",
+          protocol="folds", seed=0, shards_per_split=8, workers=1, image_format="jpeg",
+          image_size=256, jpeg_quality=95, strict=False):
+    """Builds (or completes) the records folder; returns the manifest."""
+    examples, report = adience.read_examples(adience_dir, task=task, age_rule=age_rule,
+                                             layout=layout, strict=strict)
+    if not examples:
+        raise BuildError(f"no usable example in {adience_dir} (task {task}, "
+                         f"{age_rule} age labels, {layout} layout):\n" +
+                         "\n".join(report.summary_lines()))
+    split_examples = splits.make_splits(examples, protocol, seed)
+    settings = {"task": task, "age_labels": age_rule, "layout": layout, "protocol": protocol,
+                "seed": seed, "shards_per_split": shards_per_split, "format": image_format,
+                "image_size": image_size, "jpeg_quality": jpeg_quality,
+                "source": os.path.abspath(adience_dir), "source_sha256": _fold_files_sha256(
+                    adience_dir)}
+    _prepare(out_dir, settings)
+    class_names = adience.AGE_GROUP_NAMES if task == "age" else adience.GENDER_NAMES
+    jobs = shards.plan(split_examples, shards_per_split, out_dir=out_dir,
+                       adience_dir=adience_dir, task=task, num_classes=len(class_names),
+                       image_format=image_format, image_size=image_size,
+                       jpeg_quality=jpeg_quality, strict=strict)
+    started = time.time()
+    results = _run(jobs, workers)
+    manifest = _manifest(settings, class_names, results, report)
+    _write_pixel_sums(out_dir, results, image_size)
+    _write_json(os.path.join(out_dir, schema.MANIFEST), manifest)
+    _print_summary(manifest, results, report, time.time() - started)
+    return manifest
+
+
+def _prepare(out_dir, settings):
+    """Refuses a folder built with other settings; removes what a killed build left."""
+    parts = os.path.join(out_dir, shards.PARTS)
+    os.makedirs(parts, exist_ok=True)
+    settings_file = os.path.join(parts, "settings.json")
+    if os.path.exists(settings_file):
+        with open(settings_file) as f:
+            previous = json.load(f)
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in
+                                changed.items())
+            raise BuildError(f"{out_dir} holds records built with other settings ({details}); "
+                             f"use another --out_dir or delete it")
+    else:
+        _write_json(settings_file, settings)
+    for name in os.listdir(parts):
+        if ".partial-" in name or ".tmp-" in name:
+            os.remove(os.path.join(parts, name))
+
+
+def _run(jobs, workers):
+    """Writes the shards with `workers` processes, showing progress; returns their stats."""
+    progress = multiprocessing.get_context("spawn").Value("l", 0)
+    todo = sum(len(job.examples) for job in jobs
+               if not os.path.exists(os.path.join(job.out_dir, job.name)))
+    done = threading.Event()
+    reporter = threading.Thread(target=_report_progress, args=(progress, todo, done), daemon=True)
+    reporter.start()
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
+    try:
+        with context.Pool(max(1, min(workers, len(jobs))), initializer=_init_worker,
+                          initargs=(progress, workers)) as pool:
+            return list(pool.imap_unordered(_write_shard, jobs))
+    finally:
+        done.set()
+        reporter.join()
+
+
+_worker_progress = None
+
+
+def _init_worker(progress, workers):
+    global _worker_progress
+    _worker_progress = progress
+    host.configure_threads(processes=workers)
+
+
+def _write_shard(job):
+    return shards.write(job, _worker_progress)
+
+
+def _report_progress(progress, todo, done):
+    started = time.time()
+    while not done.wait(PROGRESS_SECONDS):
+        count, elapsed = progress.value, time.time() - started
+        rate = count / elapsed if elapsed else 0.0
+        eta = (todo - count) / rate if rate else float("nan")
+        print(f"[build] {count}/{todo} images, {rate:.0f}/s, ETA {eta:.0f} s", file=sys.stderr,
+              flush=True)
+
+
+def _manifest(settings, class_names, results, report):
+    manifest_splits = {}
+    for result in sorted(results, key=lambda r: r["file"]):
+        entry = manifest_splits.setdefault(result["split"], {
+            "examples": 0, "class_counts": [0] * len(class_names), "users": 0, "shards": []})
+        entry["examples"] += result["examples"]
+        entry["class_counts"] = [a + b for a, b in zip(entry["class_counts"],
+                                                       result["class_counts"])]
+        entry["shards"].append({k: result[k] for k in ("file", "examples", "class_counts",
+                                                       "sha256")})
+    for split, entry in manifest_splits.items():
+        entry["users"] = len({u for r in results if r["split"] == split for u in r["users"]})
+    bad_images = [p for r in sorted(results, key=lambda r: r["file"]) for p in r["bad_images"]]
+    return {
+        "version": MANIFEST_VERSION, "settings": settings, "class_names": list(class_names),
+        "splits": manifest_splits, "pixel_sums": schema.PIXEL_SUMS,
+        "report": {"rows": report.rows, "kept": report.kept, "duplicates": report.duplicates,
+                   "dropped": {f"{what} {string!r}": count
+                               for (what, string), count in sorted(report.dropped.items())},
+                   "problems": report.problems, "bad_images": bad_images},
+    }
+
+
+def _write_pixel_sums(out_dir, results, image_size):
+    import numpy as np
+
+    sums = {}
+    for result in results:
+        pixels = np.load(shards.pixel_sum_path(out_dir, result["file"]))
+        sums[result["split"]] = sums.get(result["split"], 0) + pixels
+    path = os.path.join(out_dir, schema.PIXEL_SUMS)
+    temporary = path + ".tmp.npz"
+    np.savez(temporary, **{split: np.asarray(total, np.float64).reshape(
+        image_size, image_size, 3) for split, total in sums.items()})
+    os.replace(temporary, path)
+
+
+def _write_json(path, value):
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(temporary, path)
+
+
+def _fold_files_sha256(adience_dir):
+    digest = hashlib.sha256()
+    for fold in range(adience.FOLDS):
+        with open(os.path.join(adience_dir, adience.FOLD_FILE.format(fold)), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _print_summary(manifest, results, report, seconds):
+    names = manifest["class_names"]
+    written = [r for r in results if not r["skipped"]]
+    print(f"{'split':8} {'shards':>6} {'examples':>8} {'users':>5} " +
+          " ".join(f"{n:>6}" for n in names))
+    for split, entry in sorted(manifest["splits"].items()):
+        print(f"{split:8} {len(entry['shards']):6d} {entry['examples']:8d} {entry['users']:5d} " +
+              " ".join(f"{c:6d}" for c in entry["class_counts"]))
+    images = sum(r["examples"] for r in written)
+    print(f"wrote {len(written)} shards ({images} images, {images / max(seconds, 1e-9):.0f}/s), "
+          f"skipped {len(results) - len(written)} complete shards, in {seconds:.1f} s")
+    for line in report.summary_lines():
+        print(line)
+    bad = manifest["report"]["bad_images"]
+    if bad:
+        print(f"{len(bad)} unreadable or corrupt images skipped:")
+        for problem in bad[:PROBLEMS_SHOWN]:
+            print(f"  {problem}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,175 @@
+"""The tf.data pipeline: a records folder -> batches for one input pipeline of a job.
+
+It knows nothing of strategies. The trainer's strategy module says how many input pipelines
+the job has and which one this is (from `tf.distribute.InputContext` or Horovod's rank and
+size); each pipeline reads its own files, so workers never read the same record.
+
+Training: sorted files -> shard per pipeline -> interleave -> (cache) -> shuffle per epoch ->
+repeat -> skip to the start step -> parse, decode, random crop and flip -> batch -> prefetch.
+Images leave as uint8 with each crop's offset and flip, so that the model can subtract the
+window of the mean image under the crop, as Caffe does.
+
+With `deterministic=True` the order of epoch e is a function of (seed, e) alone and the
+augmentation of the example at stream position p a function of (seed, p), so a job resumed at
+step s skips straight to it and sees exactly the batches an uninterrupted job would have.
+
+Evaluation: every held-out example exactly once, whatever the number of pipelines: no
+`drop_remainder`; each pipeline pads its last batches with masked examples so that all of them
+run the same number of steps.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from input import images
+from input import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 2048  # records; a few times the batch, and under 0.5 GB of raw 256x256 images
+INTERLEAVE_CYCLE = 8  # files read at once by one pipeline
+MAX_EPOCHS = 1_000_000  # "forever": the trainer stops by its step count
+EPOCH_SEED_STRIDE = 1_000_003  # a prime, so that (seed, epoch) pairs do not collide
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    dataset: tf.data.Dataset
+    steps: int  # batches every pipeline yields, the same for all
+    examples: int  # real (unmasked) examples over all pipelines
+
+
+def read_manifest(records_dir):
+    path = os.path.join(records_dir, schema.MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {records_dir} is not a records folder "
+                                f"built by input.build (or its build did not finish)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def split_shards(manifest, split_names):
+    """The manifest's shard entries of these splits, sorted by file name."""
+    unknown = sorted(set(split_names) - set(manifest["splits"]))
+    if unknown:
+        raise ValueError(f"split(s) {', '.join(unknown)} not in the records; they hold "
+                         f"{', '.join(sorted(manifest['splits']))}")
+    return sorted((shard for name in split_names for shard in manifest["splits"][name]["shards"]),
+                  key=lambda shard: shard["file"])
+
+
+def pipeline_shards(manifest, split_names, num_pipelines, pipeline_index):
+    """This pipeline's shards: every num_pipelines-th file of the sorted list, before any shuffle."""
+    all_shards = split_shards(manifest, split_names)
+    if len(all_shards) < num_pipelines:
+        raise ValueError(f"{len(all_shards)} shard files for {num_pipelines} input pipelines: "
+                         f"rebuild the records with --shards of at least {num_pipelines}")
+    return all_shards[pipeline_index::num_pipelines]
+
+
+def mean_image(records_dir, split_names):
+    """The per-pixel mean (H x W x 3 float32) of these splits' images, from the build's sums."""
+    manifest = read_manifest(records_dir)
+    split_shards(manifest, split_names)  # names them if unknown
+    with np.load(os.path.join(records_dir, manifest["pixel_sums"])) as sums:
+        total = sum(sums[name] for name in split_names)
+    count = sum(manifest["splits"][name]["examples"] for name in split_names)
+    return (total / count).astype(np.float32)
+
+
+def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines=1,
+                  pipeline_index=0, seed=0, deterministic=False, start_step=0, cache=False,
+                  crop_size=images.CROP_SIZE, shuffle_buffer=SHUFFLE_BUFFER):
+    """Endless batches {"image" uint8 [B, crop, crop, 3], "label", "crop_offset", "flip"}."""
+    manifest = read_manifest(records_dir)
+    files = [os.path.join(records_dir, s["file"])
+             for s in pipeline_shards(manifest, split_names, num_pipelines, pipeline_index)]
+    parse = parser(manifest)
+    records = interleave(files, deterministic)
+    if cache:
+        records = records.map(parse, num_parallel_calls=AUTOTUNE).cache()
+    stream = _epochs(records, seed, deterministic, shuffle_buffer)
+    stream = stream.enumerate().skip(start_step * per_replica_batch_size)
+
+    def augment(position, record):
+        example = record if cache else parse(record)
+        window, offset, flipped = images.random_crop_and_flip(
+            example["image"], tf.stack([tf.cast(seed, tf.int64), position]), crop_size)
+        return {"image": window, "label": example["label"], "crop_offset": offset,
+                "flip": flipped}
+
+    return (stream.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+            .batch(per_replica_batch_size, drop_remainder=True)
+            .prefetch(AUTOTUNE))
+
+
+def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines=1,
+                 pipeline_index=0, crops=1, crop_size=images.CROP_SIZE):
+    """Every example of the splits once over all pipelines, padded and masked; see EvalData.
+
+    Batches: {"image" uint8 [B, crop, crop, 3] (crops=1: the center crop) or
+    [B, 10, crop, crop, 3] (crops=10: the paper's oversampling), "label", "crop_offset",
+    "flip" (per crop), "mask" (False on padding)}.
+    """
+    if crops not in (1, images.TEN_CROPS):
+        raise ValueError(f"crops must be 1 or {images.TEN_CROPS}, not {crops}")
+    manifest = read_manifest(records_dir)
+    every = [pipeline_shards(manifest, split_names, num_pipelines, i)
+             for i in range(num_pipelines)]
+    counts = [sum(s["examples"] for s in shards_) for shards_ in every]
+    steps = max(1, max(math.ceil(c / per_replica_batch_size) for c in counts))
+    mine = every[pipeline_index]
+    parse = parser(manifest)
+
+    def prepare(record):
+        example = parse(record)
+        if crops == 1:
+            offset = images.center_offset(example["image"], crop_size)
+            window, flipped = images.crop(example["image"], offset, crop_size), tf.constant(False)
+        else:
+            window, offset, flipped = images.ten_crops(example["image"], crop_size)
+        return {"image": window, "label": example["label"], "crop_offset": offset,
+                "flip": flipped, "mask": tf.constant(True)}
+
+    real = tf.data.TFRecordDataset([os.path.join(records_dir, s["file"]) for s in mine])
+    real = real.map(prepare, num_parallel_calls=AUTOTUNE)
+    padding = tf.data.Dataset.from_tensors(_padding_like(real.element_spec)).repeat(
+        steps * per_replica_batch_size - counts[pipeline_index])
+    dataset = real.concatenate(padding).batch(per_replica_batch_size).prefetch(AUTOTUNE)
+    return EvalData(dataset=dataset, steps=steps, examples=sum(counts))
+
+
+def parser(manifest):
+    """The record parser for this folder's image format and size."""
+    settings = manifest["settings"]
+    return functools.partial(schema.parse, image_format=settings["format"],
+                             size=settings["image_size"])
+
+
+def interleave(files, deterministic):
+    """Serialized records of these files, read in parallel."""
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(INTERLEAVE_CYCLE, len(files)),
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _epochs(records, seed, deterministic, shuffle_buffer):
+    if not deterministic:
+        return records.shuffle(shuffle_buffer).repeat()
+
+    def epoch(index):
+        epoch_seed = tf.cast(seed, tf.int64) * EPOCH_SEED_STRIDE + index
+        return records.shuffle(shuffle_buffer, seed=epoch_seed)
+
+    return tf.data.Dataset.range(MAX_EPOCHS).flat_map(epoch)
+
+
+def _padding_like(spec):
+    padding = {key: tf.zeros(s.shape, s.dtype) for key, s in spec.items()}
+    padding["mask"] = tf.constant(False)
+    return padding
