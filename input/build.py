@@ -21,32 +21,39 @@ from absl import app
 from absl import flags
 
 from input import adience
+from input import images
 from input import schema
 from input import shards
 from input import splits
 from launch import host
 
 MANIFEST_VERSION = 1
+SHARDS_PER_SPLIT = 8  # enough files for 8 input pipelines reading one held-out fold
+JPEG_QUALITY = 95
 PROGRESS_SECONDS = 2.0
 PROBLEMS_SHOWN = 10
 
-flags.DEFINE_string("adience_dir", None, "Folder with fold_N_data.txt and aligned/ or faces/.")
-flags.DEFINE_string("out_dir", None, "Where the shards and manifest.json are written.")
-flags.DEFINE_enum("task", "age", adience.TASKS, "Which label the records carry.")
-flags.DEFINE_enum("age_labels", "paper", adience.AGE_RULES,
-                  "paper: the eight exact age strings only; nearest: also map other ages.")
-flags.DEFINE_enum("layout", "aligned", adience.LAYOUTS, "Which image layout to read.")
-flags.DEFINE_enum("protocol", "folds", splits.PROTOCOLS,
-                  "folds: the paper's 5 folds; split: 60/20/20 by user_id, seeded.")
-flags.DEFINE_integer("seed", 0, "Seed of the 60/20/20 split.")
-flags.DEFINE_integer("shards", 8, "Shard files per split.")
-flags.DEFINE_integer("workers", host.available_cores(), "Writer processes.")
-flags.DEFINE_enum("format", "jpeg", schema.FORMATS, "jpeg, or raw decoded pixels (no decode).")
-flags.DEFINE_integer("image_size", 256, "Side of the stored square images.")
-flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored images.")
-flags.DEFINE_bool("strict", False, "Fail on the first bad line, label or image.")
-flags.mark_flags_as_required(["adience_dir", "out_dir"])
-FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    # Defined only when run as a program: other entry points (the benchmark, the trainer's
+    # tests) import build() and may define flags of the same names.
+    flags.DEFINE_string("adience_dir", None, "Folder of fold_N_data.txt and aligned/ or faces/.")
+    flags.DEFINE_string("out_dir", None, "Where the shards and manifest.json are written.")
+    flags.DEFINE_enum("task", "age", adience.TASKS, "Which label the records carry.")
+    flags.DEFINE_enum("age_labels", "paper", adience.AGE_RULES,
+                      "paper: the eight exact age strings only; nearest: also map other ages.")
+    flags.DEFINE_enum("layout", "aligned", adience.LAYOUTS, "Which image layout to read.")
+    flags.DEFINE_enum("protocol", "folds", splits.PROTOCOLS,
+                      "folds: the paper's 5 folds; split: 60/20/20 by user_id, seeded.")
+    flags.DEFINE_integer("seed", 0, "Seed of the 60/20/20 split.")
+    flags.DEFINE_integer("shards", SHARDS_PER_SPLIT, "Shard files per split.")
+    flags.DEFINE_integer("workers", host.available_cores(), "Writer processes.")
+    flags.DEFINE_enum("format", "jpeg", schema.FORMATS, "jpeg, or raw decoded pixels (no decode).")
+    flags.DEFINE_integer("image_size", images.RECORD_SIZE, "Side of the stored square images.")
+    flags.DEFINE_integer("jpeg_quality", JPEG_QUALITY, "JPEG quality of the stored images.")
+    flags.DEFINE_bool("strict", False, "Fail on the first bad line, label or image.")
+    flags.mark_flags_as_required(["adience_dir", "out_dir"])
 
 
 class BuildError(Exception):
@@ -55,6 +62,7 @@ class BuildError(Exception):
 
 def main(argv):
     del argv
+    FLAGS = flags.FLAGS
     try:
         build(adience_dir=FLAGS.adience_dir, out_dir=FLAGS.out_dir, task=FLAGS.task,
               age_rule=FLAGS.age_labels, layout=FLAGS.layout, protocol=FLAGS.protocol,
@@ -68,8 +76,9 @@ def main(argv):
 
 
 def build(adience_dir, out_dir, task="age", age_rule="paper", layout="aligned",
-          protocol="folds", seed=0, shards_per_split=8, workers=1, image_format="jpeg",
-          image_size=256, jpeg_quality=95, strict=False):
+          protocol="folds", seed=0, shards_per_split=SHARDS_PER_SPLIT, workers=1,
+          image_format="jpeg", image_size=images.RECORD_SIZE, jpeg_quality=JPEG_QUALITY,
+          strict=False):
     """Builds (or completes) the records folder; returns the manifest."""
     examples, report = adience.read_examples(adience_dir, task=task, age_rule=age_rule,
                                              layout=layout, strict=strict)
@@ -130,7 +139,7 @@ def _run(jobs, workers):
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
     try:
         with context.Pool(max(1, min(workers, len(jobs))), initializer=_init_worker,
-                          initargs=(progress, workers)) as pool:
+                          initargs=(progress,)) as pool:
             return list(pool.imap_unordered(_write_shard, jobs))
     finally:
         done.set()
@@ -140,10 +149,12 @@ def _run(jobs, workers):
 _worker_progress = None
 
 
-def _init_worker(progress, workers):
+def _init_worker(progress):
     global _worker_progress
     _worker_progress = progress
-    host.configure_threads(processes=workers)
+    # One thread per worker: --workers is the number of cores the build uses, and processes
+    # scale better than threads here (JPEG decoding is single-threaded anyway).
+    host.configure_threads(processes=host.available_cores())
 
 
 def _write_shard(job):
@@ -233,4 +244,5 @@ def _print_summary(manifest, results, report, seconds):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

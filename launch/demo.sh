@@ -1,37 +1,67 @@
 #!/usr/bin/env bash
-# The main job, from a fresh machine: set-up, then what the project can run so far.
+# The main job, from a fresh machine: set-up, then everything the project can run so far.
 #
 #   bash launch/demo.sh
+#   ADIENCE_DIR=~/data/adience bash launch/demo.sh   # a real Adience download instead
 #
-# Today that is the foundation: proof that distributed training on this machine computes what
-# one device computes, with Horovod over Gloo (several processes) and with MirroredStrategy
-# (several logical CPU devices in one process), and that the check catches an unreduced run.
-# Knobs (environment): DEMO_PROCESSES (default 2).
+# 1. distributed training computes what one device computes (Horovod over Gloo, 2 processes;
+#    MirroredStrategy over 2 logical CPUs), and the check catches an unreduced run;
+# 2. synthetic Adience-format faces (unless ADIENCE_DIR is given);
+# 3. sharded TFRecords of the paper's 5 folds, then verified against their manifest;
+# 4. the input benchmark: the tf.data pipeline against its roof and the naive way.
+# The trainer, evaluation and export join as they are built.
+# Knobs (environment): DEMO_DIR (runs/demo), ADIENCE_DIR, DEMO_SUBJECTS (synthetic albums),
+# DEMO_PROCESSES (2).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+demo_dir=${DEMO_DIR:-$root/runs/demo}
 processes=${DEMO_PROCESSES:-2}
 bash "$root/launch/setup.sh"
 cd "$root"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 python=$root/.venv/bin/python
+horovodrun=$root/.venv/bin/horovodrun
+rank_json='^\[[0-9]*\]<stdout>:{'  # distcheck's JSON lines, for machines; people read the rest
 
-echo
-echo "== Horovod over Gloo: $processes processes on this host, each on its own part of the batch"
-"$root/.venv/bin/horovodrun" --gloo -np "$processes" -H "localhost:$processes" \
-  "$python" -m trainer.distcheck --strategy=horovod 2>/dev/null | grep -v '^\[[0-9]*\]<stdout>:{'
+step() { echo; echo "== $*"; }
 
-echo
-echo "== MirroredStrategy over $processes logical CPU devices in one process"
-"$python" -m trainer.distcheck --strategy=mirrored --logical_cpus="$processes" 2>/dev/null | grep -v '^{'
+step "Horovod over Gloo: $processes processes on this host, each on its own part of the batch"
+"$horovodrun" --gloo -np "$processes" -H "localhost:$processes" \
+  "$python" -m trainer.distcheck --strategy=horovod 2>/dev/null | grep -v "$rank_json"
 
-echo
-echo "== The control: Horovod with the gradient all-reduce left out must DISAGREE"
-if "$root/.venv/bin/horovodrun" --gloo -np "$processes" -H "localhost:$processes" \
+step "MirroredStrategy over $processes logical CPU devices in one process"
+"$python" -m trainer.distcheck --strategy=mirrored --logical_cpus="$processes" 2>/dev/null \
+  | grep -v '^{'
+
+step "The control: Horovod with the gradient all-reduce left out must DISAGREE"
+if "$horovodrun" --gloo -np "$processes" -H "localhost:$processes" \
   "$python" -m trainer.distcheck --strategy=horovod --inject=no_reduction 2>/dev/null \
-  | grep -v '^\[[0-9]*\]<stdout>:{'; then
+  | grep -v "$rank_json"; then
   echo "the control agreed: the check is broken" >&2
   exit 1
 fi
-echo
-echo "Done. Next: bash launch/test.sh runs the test suite."
+
+adience_dir=${ADIENCE_DIR:-$demo_dir/adience}
+if [ -z "${ADIENCE_DIR:-}" ]; then
+  step "Synthetic faces in Adience's on-disk format: $adience_dir"
+  rm -rf "$adience_dir"
+  "$python" -m input.synthetic --out "$adience_dir" ${DEMO_SUBJECTS:+--subjects "$DEMO_SUBJECTS"}
+fi
+
+records=$demo_dir/records
+step "TFRecords of the paper's 5 folds (paper labels, aligned faces): $records"
+rm -rf "$records"
+"$python" -m input.build --adience_dir "$adience_dir" --out_dir "$records" --workers "$processes"
+
+step "Every shard checked against the manifest"
+"$python" -m input.verify "$records"
+
+step "Input benchmark: records built with 1 and 2 workers, the pipeline against its roof"
+"$python" -m input.benchmark --adience_dir "$adience_dir" --work_dir "$demo_dir/input_benchmark" \
+  --seconds 4 --repeats 1 | grep -v '^{'
+
+step "Written"
+echo "synthetic Adience tree: $adience_dir"
+echo "records and manifest:   $records"
+echo "Next: bash launch/test.sh runs the test suite."

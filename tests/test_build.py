@@ -104,6 +104,10 @@ def test_other_settings_and_missing_fold_file_are_clear_errors(synthetic_tree, r
     shutil.copy(synthetic_tree / "fold_0_data.txt", tree)
     with pytest.raises(FileNotFoundError, match="fold_1_data.txt"):
         build.build(str(tree), str(tmp_path / "records"), workers=1)
+    for fold in range(1, adience.FOLDS):
+        shutil.copy(synthetic_tree / adience.FOLD_FILE.format(fold), tree)
+    with pytest.raises(build.BuildError, match="no usable example"):  # no image in this tree
+        build.build(str(tree), str(tmp_path / "records"), workers=1)
 
 
 def test_killed_build_resumes_to_the_clean_build(synthetic_tree, tmp_path):

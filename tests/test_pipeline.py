@@ -134,3 +134,14 @@ def test_mean_image_is_the_mean_of_the_records(records):
     pixels = np.concatenate([b["image"][b["mask"]] for b in batches]).astype(np.float64)
     np.testing.assert_allclose(pipeline.mean_image(str(records), ["fold1"]),
                                pixels.mean(axis=0), atol=1e-3)
+
+
+def test_cache_of_decoded_images_gives_the_same_batches(records):
+    def batches(cache):
+        return _take(pipeline.train_dataset(str(records), TRAIN_SPLITS, per_replica_batch_size=8,
+                                            seed=2, deterministic=True, cache=cache,
+                                            crop_size=TINY_CROP_SIZE, shuffle_buffer=64), 5)
+
+    for cached, uncached in zip(batches(True), batches(False)):
+        for key in cached:
+            np.testing.assert_array_equal(cached[key], uncached[key])
