@@ -112,6 +112,14 @@ class TFDistributeBackend:
         return self._strategy.experimental_distribute_values_from_function(
             lambda context: value_fn(context.replica_id_in_sync_group))
 
+    def distribute_dataset(self, dataset_fn, global_batch_size):
+        """Batches for every replica from `dataset_fn(num_pipelines, pipeline_index,
+        per_replica_batch_size)`: one input pipeline per worker, each reading its own files."""
+        def for_pipeline(context):
+            return dataset_fn(context.num_input_pipelines, context.input_pipeline_id,
+                              context.get_per_replica_batch_size(global_batch_size))
+        return self._strategy.distribute_datasets_from_function(for_pipeline)
+
     def reduce_gradients(self, grads):
         return grads  # Keras 3's apply_gradients sums across replicas itself.
 
@@ -158,6 +166,14 @@ class HorovodBackend:
 
     def distribute_values(self, value_fn):
         return value_fn(self._hvd.rank())
+
+    def distribute_dataset(self, dataset_fn, global_batch_size):
+        """This rank's batches: one input pipeline per rank, each reading its own files."""
+        if global_batch_size % self._hvd.size():
+            raise ValueError(f"global batch {global_batch_size} does not split over "
+                             f"{self._hvd.size()} ranks")
+        return dataset_fn(self._hvd.size(), self._hvd.rank(),
+                          global_batch_size // self._hvd.size())
 
     def reduce_gradients(self, grads):
         return self._hvd.grouped_allreduce(grads, op=self._hvd.Sum)
