@@ -15,6 +15,8 @@ measures images/s of:
 Targets: pipeline >= 0.9 x roof, >= 3 x naive; build with 2 workers >= 1.8 x with 1.
 """
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -57,8 +59,9 @@ def run(adience_dir, work_dir, batch_size, seconds, repeats, shards):
             out = os.path.join(work_dir, name)
             shutil.rmtree(out, ignore_errors=True)
             started = time.perf_counter()
-            manifest = build.build(adience_dir, out, shards_per_split=shards, workers=workers,
-                                   image_format=image_format)
+            with contextlib.redirect_stdout(io.StringIO()):  # each build's summary table
+                manifest = build.build(adience_dir, out, shards_per_split=shards,
+                                       workers=workers, image_format=image_format)
             rate = sum(s["examples"] for s in manifest["splits"].values()) / (
                 time.perf_counter() - started)
             builds[name] = max(builds.get(name, 0.0), rate)

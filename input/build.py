@@ -130,13 +130,13 @@ def _prepare(out_dir, settings):
 
 def _run(jobs, workers):
     """Writes the shards with `workers` processes, showing progress; returns their stats."""
-    progress = multiprocessing.get_context("spawn").Value("l", 0)
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
+    progress = context.Value("l", 0)
     todo = sum(len(job.examples) for job in jobs
                if not os.path.exists(os.path.join(job.out_dir, job.name)))
     done = threading.Event()
     reporter = threading.Thread(target=_report_progress, args=(progress, todo, done), daemon=True)
     reporter.start()
-    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
     try:
         with context.Pool(max(1, min(workers, len(jobs))), initializer=_init_worker,
                           initargs=(progress,)) as pool:

@@ -25,6 +25,9 @@ horovodrun=$root/.venv/bin/horovodrun
 rank_json='^\[[0-9]*\]<stdout>:{'  # distcheck's JSON lines, for machines; people read the rest
 
 step() { echo; echo "== $*"; }
+# TensorFlow prints a few lines at import that come before it reads TF_CPP_MIN_LOG_LEVEL: keep
+# the demo's output to what a person reads (errors still show).
+tf_quiet() { "$@" 2> >(grep -v -e '^WARNING: All log messages before absl' -e '^I0000 ' >&2); }
 
 step "Horovod over Gloo: $processes processes on this host, each on its own part of the batch"
 "$horovodrun" --gloo -np "$processes" -H "localhost:$processes" \
@@ -46,19 +49,19 @@ adience_dir=${ADIENCE_DIR:-$demo_dir/adience}
 if [ -z "${ADIENCE_DIR:-}" ]; then
   step "Synthetic faces in Adience's on-disk format: $adience_dir"
   rm -rf "$adience_dir"
-  "$python" -m input.synthetic --out "$adience_dir" ${DEMO_SUBJECTS:+--subjects "$DEMO_SUBJECTS"}
+  tf_quiet "$python" -m input.synthetic --out "$adience_dir" ${DEMO_SUBJECTS:+--subjects "$DEMO_SUBJECTS"}
 fi
 
 records=$demo_dir/records
 step "TFRecords of the paper's 5 folds (paper labels, aligned faces): $records"
 rm -rf "$records"
-"$python" -m input.build --adience_dir "$adience_dir" --out_dir "$records" --workers "$processes"
+tf_quiet "$python" -m input.build --adience_dir "$adience_dir" --out_dir "$records" --workers "$processes"
 
 step "Every shard checked against the manifest"
-"$python" -m input.verify "$records"
+tf_quiet "$python" -m input.verify "$records"
 
 step "Input benchmark: records built with 1 and 2 workers, the pipeline against its roof"
-"$python" -m input.benchmark --adience_dir "$adience_dir" --work_dir "$demo_dir/input_benchmark" \
+tf_quiet "$python" -m input.benchmark --adience_dir "$adience_dir" --work_dir "$demo_dir/input_benchmark" \
   --seconds 4 --repeats 1 | grep -v '^{'
 
 step "Written"
