@@ -40,7 +40,7 @@ EPOCH_SEED_STRIDE = 1_000_003  # a prime, so that (seed, epoch) pairs do not col
 @dataclasses.dataclass(frozen=True)
 class EvalData:
     dataset: tf.data.Dataset
-    steps: int  # batches every pipeline yields, the same for all
+    steps: int  # steps of the evaluation loop, the same for every pipeline
     examples: int  # real (unmasked) examples over all pipelines
 
 
@@ -61,6 +61,23 @@ def split_shards(manifest, split_names):
                          f"{', '.join(sorted(manifest['splits']))}")
     return sorted((shard for name in split_names for shard in manifest["splits"][name]["shards"]),
                   key=lambda shard: shard["file"])
+
+
+def protocol_splits(manifest, held_out_fold=0):
+    """(training splits, evaluation splits) of a records folder.
+
+    The folds protocol trains on four folds and evaluates on the held-out one (the paper's
+    5-fold cross-validation); the 60/20/20 split trains on "train" and evaluates on
+    "validation" ("test" is kept for the final report).
+    """
+    names = sorted(manifest["splits"])
+    if manifest["settings"]["protocol"] == "split":
+        return ["train"], ["validation"]
+    held_out = f"fold{held_out_fold}"
+    if held_out not in names:
+        raise ValueError(f"held-out fold {held_out_fold} does not exist: the records hold "
+                         f"{', '.join(names)}")
+    return [name for name in names if name != held_out], [held_out]
 
 
 def pipeline_shards(manifest, split_names, num_pipelines, pipeline_index):
@@ -84,8 +101,12 @@ def mean_image(records_dir, split_names):
 
 def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines=1,
                   pipeline_index=0, seed=0, deterministic=False, start_step=0, cache=False,
-                  crop_size=images.CROP_SIZE, shuffle_buffer=SHUFFLE_BUFFER):
-    """Endless batches {"image" uint8 [B, crop, crop, 3], "label", "crop_offset", "flip"}."""
+                  crop_size=images.CROP_SIZE, shuffle_buffer=SHUFFLE_BUFFER, threads=None):
+    """Endless batches {"image" uint8 [B, crop, crop, 3], "label", "crop_offset", "flip"}.
+
+    `start_step` counts this pipeline's batches; `threads` caps tf.data's thread pool (by
+    default all cores: give a process that shares the host its share).
+    """
     manifest = read_manifest(records_dir)
     files = [os.path.join(records_dir, s["file"])
              for s in pipeline_shards(manifest, split_names, num_pipelines, pipeline_index)]
@@ -103,18 +124,22 @@ def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipeline
         return {"image": window, "label": example["label"], "crop_offset": offset,
                 "flip": flipped}
 
-    return (stream.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-            .batch(per_replica_batch_size, drop_remainder=True)
-            .prefetch(AUTOTUNE))
+    dataset = (stream.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+               .batch(per_replica_batch_size, drop_remainder=True)
+               .prefetch(AUTOTUNE))
+    return _with_threads(dataset, threads)
 
 
 def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines=1,
-                 pipeline_index=0, crops=1, crop_size=images.CROP_SIZE):
+                 pipeline_index=0, crops=1, crop_size=images.CROP_SIZE,
+                 replicas_per_pipeline=1, threads=None):
     """Every example of the splits once over all pipelines, padded and masked; see EvalData.
 
     Batches: {"image" uint8 [B, crop, crop, 3] (crops=1: the center crop) or
     [B, 10, crop, crop, 3] (crops=10: the paper's oversampling), "label", "crop_offset",
-    "flip" (per crop), "mask" (False on padding)}.
+    "flip" (per crop), "mask" (False on padding)}. When several replicas take turns on one
+    pipeline (MirroredStrategy), each step takes `replicas_per_pipeline` batches: the padding
+    makes the count a multiple of it, so that every replica runs every step.
     """
     if crops not in (1, images.TEN_CROPS):
         raise ValueError(f"crops must be 1 or {images.TEN_CROPS}, not {crops}")
@@ -122,7 +147,8 @@ def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines
     every = [pipeline_shards(manifest, split_names, num_pipelines, i)
              for i in range(num_pipelines)]
     counts = [sum(s["examples"] for s in shards_) for shards_ in every]
-    steps = max(1, max(math.ceil(c / per_replica_batch_size) for c in counts))
+    batch_per_step = per_replica_batch_size * replicas_per_pipeline
+    steps = max(1, max(math.ceil(c / batch_per_step) for c in counts))
     mine = every[pipeline_index]
     parse = parser(manifest)
 
@@ -139,9 +165,10 @@ def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines
     real = tf.data.TFRecordDataset([os.path.join(records_dir, s["file"]) for s in mine])
     real = real.map(prepare, num_parallel_calls=AUTOTUNE)
     padding = tf.data.Dataset.from_tensors(_padding_like(real.element_spec)).repeat(
-        steps * per_replica_batch_size - counts[pipeline_index])
+        steps * batch_per_step - counts[pipeline_index])
     dataset = real.concatenate(padding).batch(per_replica_batch_size).prefetch(AUTOTUNE)
-    return EvalData(dataset=dataset, steps=steps, examples=sum(counts))
+    return EvalData(dataset=_with_threads(dataset, threads), steps=steps,
+                    examples=sum(counts))
 
 
 def parser(manifest):
@@ -167,6 +194,14 @@ def _epochs(records, seed, deterministic, shuffle_buffer):
         return records.shuffle(shuffle_buffer, seed=epoch_seed)
 
     return tf.data.Dataset.range(MAX_EPOCHS).flat_map(epoch)
+
+
+def _with_threads(dataset, threads):
+    if not threads:
+        return dataset
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return dataset.with_options(options)
 
 
 def _padding_like(spec):

@@ -145,3 +145,40 @@ def test_cache_of_decoded_images_gives_the_same_batches(records):
     for cached, uncached in zip(batches(True), batches(False)):
         for key in cached:
             np.testing.assert_array_equal(cached[key], uncached[key])
+
+
+def test_protocol_splits_hold_out_one_fold_or_use_the_split(records):
+    manifest = pipeline.read_manifest(str(records))
+    train, held_out = pipeline.protocol_splits(manifest, held_out_fold=2)
+    assert train == ["fold0", "fold1", "fold3", "fold4"] and held_out == ["fold2"]
+    with pytest.raises(ValueError, match="held-out fold 7 does not exist"):
+        pipeline.protocol_splits(manifest, held_out_fold=7)
+    split_manifest = {"settings": {"protocol": "split"},
+                      "splits": {"train": {}, "validation": {}, "test": {}}}
+    assert pipeline.protocol_splits(split_manifest) == (["train"], ["validation"])
+
+
+@pytest.mark.parametrize("num_pipelines", [1, 2])
+def test_replicas_sharing_a_pipeline_run_the_same_steps(records, num_pipelines):
+    manifest = pipeline.read_manifest(str(records))
+    expected = sum(manifest["splits"][s]["examples"] for s in ALL_SPLITS)
+    seen, steps = 0, set()
+    for index in range(num_pipelines):
+        data = pipeline.eval_dataset(str(records), ALL_SPLITS, per_replica_batch_size=5,
+                                     num_pipelines=num_pipelines, pipeline_index=index,
+                                     crop_size=TINY_CROP_SIZE, replicas_per_pipeline=2)
+        batches = _take(data.dataset, -1)
+        assert len(batches) == 2 * data.steps  # two replicas take turns, every step
+        steps.add(data.steps)
+        seen += sum(int(b["mask"].sum()) for b in batches)
+    assert seen == expected and len(steps) == 1
+
+
+def test_a_process_can_cap_the_input_threads(records):
+    train = pipeline.train_dataset(str(records), TRAIN_SPLITS, 8, crop_size=TINY_CROP_SIZE,
+                                   threads=1)
+    evaluation = pipeline.eval_dataset(str(records), ["fold0"], 8, crop_size=TINY_CROP_SIZE,
+                                       threads=1)
+    for dataset in (train, evaluation.dataset):
+        assert dataset.options().threading.private_threadpool_size == 1
+    assert len(_take(train, 2)) == 2
