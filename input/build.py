@@ -101,7 +101,7 @@ def build(adience_dir, out_dir, task="age", age_rule="paper", layout="aligned",
     started = time.time()
     results = _run(jobs, workers)
     manifest = _manifest(settings, class_names, results, report)
-    _write_pixel_sums(out_dir, results, image_size)
+    _write_pixel_sums(out_dir, results)
     _write_json(os.path.join(out_dir, schema.MANIFEST), manifest)
     _print_summary(manifest, results, report, time.time() - started)
     return manifest
@@ -123,9 +123,10 @@ def _prepare(out_dir, settings):
                              f"use another --out_dir or delete it")
     else:
         _write_json(settings_file, settings)
-    for name in os.listdir(parts):
-        if ".partial-" in name or ".tmp-" in name:
-            os.remove(os.path.join(parts, name))
+    for folder in (out_dir, parts):  # the manifest's and pixel sums' temporaries, the shards'
+        for name in os.listdir(folder):
+            if ".partial-" in name or ".tmp-" in name:
+                os.remove(os.path.join(folder, name))
 
 
 def _run(jobs, workers):
@@ -194,25 +195,19 @@ def _manifest(settings, class_names, results, report):
     }
 
 
-def _write_pixel_sums(out_dir, results, image_size):
+def _write_pixel_sums(out_dir, results):
     import numpy as np
 
     sums = {}
     for result in results:
         pixels = np.load(shards.pixel_sum_path(out_dir, result["file"]))
         sums[result["split"]] = sums.get(result["split"], 0) + pixels
-    path = os.path.join(out_dir, schema.PIXEL_SUMS)
-    temporary = path + ".tmp.npz"
-    np.savez(temporary, **{split: np.asarray(total, np.float64).reshape(
-        image_size, image_size, 3) for split, total in sums.items()})
-    os.replace(temporary, path)
+    shards.replace_atomically(os.path.join(out_dir, schema.PIXEL_SUMS),
+                              lambda f: np.savez(f, **sums), binary=True)
 
 
 def _write_json(path, value):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(temporary, path)
+    shards.replace_atomically(path, lambda f: json.dump(value, f, indent=1))
 
 
 def _fold_files_sha256(adience_dir):

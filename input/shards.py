@@ -71,9 +71,9 @@ def write(job, progress=None):
     partial = os.path.join(job.out_dir, PARTS, f"{job.name}.partial-{os.getpid()}")
     try:
         stats, pixel_sum = _write_records(job, partial, progress)
-        _replace_atomically(pixel_sum_path(job.out_dir, job.name),
+        replace_atomically(pixel_sum_path(job.out_dir, job.name),
                             lambda f: np.save(f, pixel_sum), binary=True)
-        _replace_atomically(stats_path(job.out_dir, job.name), lambda f: json.dump(stats, f))
+        replace_atomically(stats_path(job.out_dir, job.name), lambda f: json.dump(stats, f))
         os.replace(partial, final)  # last: the shard's name appears only when all is written
     finally:
         if os.path.exists(partial):
@@ -155,7 +155,9 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def _replace_atomically(path, write_fn, binary=False):
+def replace_atomically(path, write_fn, binary=False):
+    """Writes `path` through `write_fn(file)` under a temporary name, then renames it: a reader
+    (or a resumed build) never sees half a file. A killed writer leaves `<path>.tmp-<pid>`."""
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "wb" if binary else "w") as f:
         write_fn(f)
