@@ -3,8 +3,11 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -31,6 +34,58 @@ def start(args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def multi_worker_environments(count):
+    """TF_CONFIG environments of `count` workers on 127.0.0.1, one per process."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
+    return [{"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                      "task": {"type": "worker", "index": index}})}
+            for index in range(count)]
+
+
+class Watched:
+    """A started process whose output is read as it comes, to act on what it logs."""
+
+    def __init__(self, args, env=None):
+        self.process = start(args, env)
+        self.stdout, self.stderr = [], []
+        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.process.stdout, self.stdout),
+                                               (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, lines):
+        for line in stream:
+            lines.append(line)
+
+    def records(self):
+        return json_lines("".join(self.stdout))
+
+    def wait_for(self, predicate, timeout=240):
+        """Waits until predicate(self) holds; fails if the process ends or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            assert self.process.poll() is None, "".join(self.stdout + self.stderr)[-3000:]
+            assert time.monotonic() < deadline, "".join(self.stdout + self.stderr)[-3000:]
+            time.sleep(0.01)
+
+    def finish(self, timeout=240):
+        self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return self.process.returncode
+
+
 def json_lines(text):
     """The JSON objects printed in a command's output (horovodrun prefixes each rank's lines)."""
     found = []
@@ -44,12 +99,12 @@ def json_lines(text):
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def python():
     return sys.executable
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def horovodrun():
     return VENV_BIN / "horovodrun"
 

@@ -6,13 +6,10 @@ reduction under Horovod) change the update by far more than the tolerance, and e
 make the check fail, so a passing check means the reduction is right.
 """
 
-import json
-import socket
-
 import numpy as np
 import pytest
 
-from conftest import json_lines, run, start
+from conftest import json_lines, multi_worker_environments, run, start
 
 TOLERANCE = 1e-5
 
@@ -90,24 +87,10 @@ def test_horovod_check_fails_on_a_per_replica_mean_loss(horovodrun, python, tmp_
     assert reports and all(r["max_abs_difference"] > 100 * TOLERANCE for r in reports)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_two_processes_agree_with_one_device(python, tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(start([python, "-m", "trainer.distcheck", "--strategy=auto",
-                                f"--out_dir={tmp_path}", f"--tolerance={TOLERANCE}"],
-                               env={"TF_CONFIG": json.dumps(tf_config)}))
+    processes = [start([python, "-m", "trainer.distcheck", "--strategy=auto",
+                        f"--out_dir={tmp_path}", f"--tolerance={TOLERANCE}"], env=env)
+                 for env in multi_worker_environments(2)]
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]

@@ -56,10 +56,10 @@ def test_mean_image_is_a_weight_not_a_parameter():
 
 
 def test_registry_builds_by_name_and_lists_known_names():
-    assert models.names() == ["levi_hassner", "tiny"]
+    assert models.names() == ["levi_hassner", "levi_hassner_bn", "mobilenet_v2", "resnet", "tiny"]
     model = models.build("tiny", 2, None, crop_size=CROP)
     assert model.output.shape == (None, 2)
-    with pytest.raises(ValueError, match="levi_hassner, tiny"):
+    with pytest.raises(ValueError, match="levi_hassner, levi_hassner_bn, mobilenet_v2, resnet, tiny"):
         models.build("alexnet", PAPER_CLASSES, None)
 
 

@@ -59,4 +59,4 @@ def format_confusion(confusion, class_names):
 
 
 def _ratio(numerator, denominator):
-    return float(numerator) / float(denominator) if denominator else float("nan")
+    return float(numerator) / float(denominator) if denominator else None  # JSON null

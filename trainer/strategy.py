@@ -10,6 +10,12 @@ asks which backend runs it. The rules every backend keeps:
   Under Horovod nothing else reduces: `reduce_gradients` is one grouped all-reduce SUM.
 - A term that every replica adds to its loss (weight decay) is summed across replicas the same
   way: divide it by the number of replicas (`scale_regularization`).
+- Checkpoints: the chief writes them. MultiWorkerMirroredStrategy needs every worker to take
+  part in a save, so the others write to a temporary folder they delete; Horovod's other ranks
+  do not save at all, and after a restore every rank takes rank 0's variables.
+- The stop signal (SIGTERM or SIGINT to any one process) stops every process at the same step:
+  Horovod's ranks agree through an all-reduce before each step; MultiWorkerMirroredStrategy's
+  workers through TensorFlow's PreemptionCheckpointHandler; one process just reads its flag.
 
 Horovod 0.28.1 with Keras 3: `hvd.DistributedGradientTape` and `horovod.tensorflow.keras` do
 not work (BUILD_NOTES.md), which is why the step reduces with `hvd.grouped_allreduce` here.
@@ -18,6 +24,8 @@ not work (BUILD_NOTES.md), which is why the step reduces with `hvd.grouped_allre
 import contextlib
 import json
 import os
+import shutil
+import signal
 
 import keras
 import tensorflow as tf
@@ -97,8 +105,35 @@ class TFDistributeBackend:
     def num_replicas(self):
         return self._strategy.num_replicas_in_sync
 
+    @property
+    def replicas_per_pipeline(self):
+        """Replicas fed by one input pipeline, which yields one batch per replica per step."""
+        return self.num_replicas // self.num_processes
+
     def scope(self):
         return self._strategy.scope()
+
+    def restores_checkpoints(self):
+        return True  # every worker reads the chief's folder (a shared file system)
+
+    def checkpoint_write_dir(self, directory):
+        """Where this process saves: the chief in `directory`, the others in a temporary one."""
+        if self.is_chief:
+            return directory
+        return os.path.join(os.path.dirname(directory), f"workertemp_{self.process_index}",
+                            os.path.basename(directory))
+
+    def remove_temporary_checkpoints(self, directory):
+        if not self.is_chief:
+            shutil.rmtree(os.path.dirname(self.checkpoint_write_dir(directory)),
+                          ignore_errors=True)
+
+    def stop_signal(self, checkpoint, checkpoint_dir, save):
+        """A StopSignal; under multi_worker, TensorFlow's preemption handler (see StopSignal)."""
+        if self.name == "multi_worker":
+            return _PreemptionHandlerStop(self._strategy.cluster_resolver, checkpoint,
+                                          checkpoint_dir, save)
+        return StopSignal(agree=lambda requested: requested)
 
     def run(self, replica_fn, args=()):
         return self._strategy.run(replica_fn, args=args)
@@ -155,8 +190,29 @@ class HorovodBackend:
     def num_replicas(self):
         return self._hvd.size()
 
+    replicas_per_pipeline = 1
+
     def scope(self):
         return contextlib.nullcontext()
+
+    def restores_checkpoints(self):
+        return self.is_chief  # then sync_variables: ranks need not see the checkpoint folder
+
+    def checkpoint_write_dir(self, directory):
+        return directory if self.is_chief else None
+
+    def remove_temporary_checkpoints(self, directory):
+        del directory  # only rank 0 writes
+
+    def stop_signal(self, checkpoint, checkpoint_dir, save):
+        del checkpoint, checkpoint_dir, save  # the loop saves once every rank agreed to stop
+
+        def agree(requested):
+            votes = self._hvd.allreduce(tf.constant(int(requested), tf.int32), op=self._hvd.Sum,
+                                        name="stop_votes")
+            return int(votes) > 0
+
+        return StopSignal(agree)
 
     def run(self, replica_fn, args=()):
         return replica_fn(*args)
@@ -187,6 +243,68 @@ class HorovodBackend:
     def sync_variables(self, variables):
         """Makes every rank start from rank 0's values (model and optimizer state)."""
         self._hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
+
+
+class StopSignal:
+    """SIGTERM or SIGINT asks the job to stop; `requested(step)` says whether all processes stop
+    now. The loop calls it before each step's compute, then saves and ends with exit code 0."""
+
+    def __init__(self, agree):
+        self._agree = agree
+        self._received = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._receive)
+
+    def _receive(self, signum, frame):
+        del frame
+        self._received = signal.Signals(signum).name
+
+    @property
+    def received(self):
+        return self._received
+
+    def requested(self, step):
+        del step
+        return self._agree(self._received is not None)
+
+
+class _PreemptionHandlerStop:
+    """MultiWorkerMirroredStrategy's workers agree through the coordination service.
+
+    TensorFlow's PreemptionCheckpointHandler watches SIGTERM; we forward SIGINT to it. When a
+    worker is signalled, every worker runs to one agreed step, calls `save` (the trainer's own
+    CheckpointManager, through `save_fn`) and then the exit function, which here only records
+    that the job stopped, so that the loop ends normally. The handler restores the latest
+    checkpoint of `checkpoint_dir` when created (the trainer already did: the same values).
+    """
+
+    def __init__(self, cluster_resolver, checkpoint, checkpoint_dir, save):
+        self._stopped = False
+        self._received = None
+        self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+            cluster_resolver, checkpoint, checkpoint_dir=checkpoint_dir,
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=self._exit, save_fn=save))
+        watch_sigterm = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            self._received = signal.Signals(signum).name
+            watch_sigterm(signal.SIGTERM, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        signal.signal(signal.SIGINT, on_sigterm)
+
+    def _exit(self):
+        self._stopped = True
+
+    @property
+    def received(self):
+        return self._received or ("SIGTERM" if self._stopped else None)
+
+    def requested(self, step):
+        if not self._stopped:
+            self._handler.save_checkpoint_if_preempted(step)
+        return self._stopped
 
 
 def _task_index(resolver):

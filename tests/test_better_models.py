@@ -1,0 +1,170 @@
+"""The better networks (levi_hassner_bn, resnet, mobilenet_v2): interface, training, solver,
+cost and mobilenet_v2's local weights."""
+
+import re
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+# Keras 3 writes the legacy HDF5 weights format (that of Keras' ImageNet files) only here.
+from keras.src.legacy.saving import legacy_h5_format
+
+from trainer import models
+from trainer.models import mean_window
+from trainer.models import mobilenet_v2
+
+BETTER = ("levi_hassner_bn", "resnet", "mobilenet_v2")
+CLASSES = 8
+RECORD, CROP = 64, 56  # small images keep the tests fast; the code paths are the full-size ones
+BATCH = 4
+PAPER_SIDE = 227
+MOBILENET_V2_MULTIPLY_ADDS = 300e6  # Sandler et al. 2018, Table 4: width 1.0 at 224x224
+
+
+def random_batch(rng, size=BATCH):
+    return {
+        "image": rng.integers(0, 256, (size, CROP, CROP, 3), dtype=np.uint8),
+        "crop_offset": rng.integers(0, RECORD - CROP + 1, (size, 2)).astype(np.int32),
+        "flip": rng.random(size) < 0.5,
+        "label": rng.integers(0, CLASSES, size).astype(np.int32),
+    }
+
+
+def random_mean(rng):
+    return rng.uniform(0, 255, (RECORD, RECORD, 3)).astype(np.float32)
+
+
+def test_registered():
+    assert set(BETTER) <= set(models.names())
+
+
+@pytest.mark.parametrize("name", BETTER)
+def test_float32_logits_for_every_crop(name):
+    rng = np.random.default_rng(0)
+    model = models.build(name, CLASSES, random_mean(rng), crop_size=CROP)
+    assert sorted(model.input) == sorted(mean_window.INPUT_KEYS)
+    assert model.layers[3].name == "mean_window"  # the first operation after the three inputs
+    assert model.output.shape == (None, CLASSES) and model.output.dtype == "float32"
+    logits = model(mean_window.features(random_batch(rng)))
+    assert logits.shape == (BATCH, CLASSES) and logits.dtype == tf.float32
+    assert np.all(np.isfinite(logits.numpy()))
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", BETTER)
+def test_logits_stay_float32_under_mixed_bfloat16(name, mixed_bfloat16):
+    rng = np.random.default_rng(1)
+    model = models.build(name, CLASSES, random_mean(rng), crop_size=CROP)
+    kernel_layers = [layer for layer in all_layers(model)
+                     if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    assert {layer.compute_dtype for layer in kernel_layers} == {"bfloat16"}
+    logits = model(mean_window.features(random_batch(rng)), training=True)
+    assert logits.dtype == tf.float32
+    assert np.all(np.isfinite(logits.numpy()))
+
+
+@pytest.mark.parametrize("name", BETTER)
+def test_trains_on_a_fixed_batch(name):
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    # No dropout: the loss of one fixed batch then falls step after step.
+    model = models.build(name, CLASSES, random_mean(rng), dropout=0.0, crop_size=CROP)
+    module = models.get(name)
+    batch = random_batch(rng)
+    features = mean_window.features(batch)
+    optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def step():  # eager: for 8 steps, faster than tracing MobileNetV2's backward pass
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(batch["label"], model(features, training=True))
+            total = loss + module.caffe_l2(module.decay_variables(model), module.WEIGHT_DECAY)
+        optimizer.apply_gradients(zip(tape.gradient(total, model.trainable_variables),
+                                      model.trainable_variables))
+        return loss
+
+    losses = [float(step()) for _ in range(8)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", BETTER)
+def test_decay_on_every_kernel_and_nothing_else(name):
+    model = models.build(name, CLASSES, None, crop_size=CROP)
+    module = models.get(name)
+    decayed = {v.path for v in module.decay_variables(model)}
+    kernels = {v.path for v in model.trainable_variables if v.name == "kernel"}
+    assert decayed == kernels
+    convolutions = [layer for layer in all_layers(model)
+                    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    assert {layer.kernel.path for layer in convolutions} | {"fc8/kernel"} == decayed
+    assert not [path for path in decayed if re.search("gamma|beta|bias|moving", path)]
+    assert module.lr_multipliers(model) == {}
+
+
+def test_mobilenet_v2_decays_its_depthwise_kernels():
+    model = models.build("mobilenet_v2", CLASSES, None, crop_size=CROP)
+    decayed = {v.path for v in mobilenet_v2.decay_variables(model)}
+    assert "block_16_depthwise/kernel" in decayed and "expanded_conv_depthwise/kernel" in decayed
+    # Conv1, 17 depthwise, 16 expand (block 0 has none), 17 project, Conv_1, fc8.
+    assert len(decayed) == 1 + 17 + 16 + 17 + 1 + 1
+
+
+def test_costs_at_227():
+    def gflops(name, num_classes=CLASSES, crop_size=PAPER_SIDE):
+        return models.flops_per_image(models.build(name, num_classes, None, crop_size=crop_size))
+
+    assert gflops("resnet") < 0.5 * gflops("levi_hassner")
+    # Nested backbone and depthwise kernels counted: MobileNetV2's published cost at 224.
+    assert gflops("mobilenet_v2", 1000, 224) == pytest.approx(2 * MOBILENET_V2_MULTIPLY_ADDS,
+                                                             rel=0.01)
+
+
+def save_legacy_h5(backbone, path):
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, backbone)
+
+
+# Keras' own weight writers call np.array on variables, which numpy 2 flags; not our code.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
+def test_mobilenet_v2_loads_local_backbone_weights(tmp_path, suffix):
+    # A backbone of another side: its weights fit every side.
+    keras.utils.set_random_seed(3)
+    backbone = keras.applications.MobileNetV2(input_shape=(RECORD, RECORD, 3),
+                                              alpha=mobilenet_v2.ALPHA, include_top=False,
+                                              weights=None, pooling="avg")
+    path = tmp_path / f"backbone{suffix}"
+    if suffix == ".h5":
+        save_legacy_h5(backbone, path)  # the format of Keras' ImageNet files
+    else:
+        backbone.save_weights(path)
+    keras.utils.set_random_seed(4)
+    model = models.build("mobilenet_v2", CLASSES, None, crop_size=CROP, weights=str(path))
+    for layer in ("Conv1", "block_8_depthwise", "Conv_1"):
+        np.testing.assert_array_equal(
+            model.get_layer("backbone").get_layer(layer).kernel.numpy(),
+            backbone.get_layer(layer).kernel.numpy())
+
+
+def test_mobilenet_v2_missing_weights_file(tmp_path):
+    path = str(tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+    with pytest.raises(FileNotFoundError, match=re.escape(path)):
+        models.build("mobilenet_v2", CLASSES, None, crop_size=CROP, weights=path)
+
+
+def all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+        else:
+            yield layer

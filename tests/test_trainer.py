@@ -1,0 +1,237 @@
+"""trainer.main as users run it: every strategy trains the same, resumes exactly, stops cleanly.
+
+Every test starts the entry point as a subprocess (one device, mirrored over 2 logical CPUs,
+2 multi_worker processes on 127.0.0.1, horovodrun --gloo -np 2) with the tiny model.
+"""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_CROP_SIZE, Watched, json_lines, multi_worker_environments, run
+
+AGREEMENT = 1e-5
+TINY = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
+        "--learning_rate=0.05"]
+# Same global batches for every strategy: synthetic data is a function of the seed and the
+# global example index (records would give each worker its own files).
+SAME_BATCHES = TINY + ["--data=synthetic", "--dropout=0", "--steps=6", "--log_every=3",
+                       "--seed=3"]
+VARIANTS = {"plain": ["--weight_decay=0"], "xla_weight_decay": ["--xla", "--weight_decay=0.05"]}
+
+
+def trainer(python, model_dir, *flags):
+    return [python, "-m", "trainer.main", f"--model_dir={model_dir}", *flags]
+
+
+def horovod(horovodrun, command):
+    return [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", *command]
+
+
+def checkpoint_values(model_dir):
+    """Every variable of the latest checkpoint (model, optimizer slots, step) by name."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{model_dir}/checkpoints"))
+    names = [name for name in reader.get_variable_to_shape_map()
+             if name not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/"
+                             "VARIABLE_VALUE", "checkpointed_runs/.ATTRIBUTES/VARIABLE_VALUE")]
+    return {name: reader.get_tensor(name) for name in names}
+
+
+def checkpoint_step(model_dir):
+    return int(checkpoint_values(model_dir)["step/.ATTRIBUTES/VARIABLE_VALUE"])
+
+
+def largest_difference(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
+
+
+def events(records, name):
+    return [r for r in records if r.get("event") == name]
+
+
+def run_multi_worker(python, model_dir, *flags):
+    jobs = [Watched(trainer(python, model_dir, *flags), env=env)
+            for env in multi_worker_environments(2)]
+    for job in jobs:
+        assert job.finish() == 0, "".join(job.stderr)[-3000:]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def one_device_runs(python, tmp_path_factory):
+    """The reference: one device on the whole global batch, per variant."""
+    runs = {}
+    for variant, flags in VARIANTS.items():
+        model_dir = tmp_path_factory.mktemp(f"one_device_{variant}")
+        result = run(trainer(python, model_dir, "--strategy=one_device", *SAME_BATCHES, *flags))
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[variant] = model_dir
+    return runs
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("strategy", ["mirrored", "multi_worker", "horovod"])
+def test_strategies_train_the_same_weights_as_one_device(python, horovodrun, tmp_path,
+                                                         one_device_runs, strategy, variant):
+    flags = [*SAME_BATCHES, *VARIANTS[variant]]
+    if strategy == "mirrored":
+        result = run(trainer(python, tmp_path, "--strategy=mirrored", "--logical_cpus=2",
+                             *flags))
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = json_lines(result.stdout)
+    elif strategy == "horovod":
+        result = run(horovod(horovodrun, trainer(python, tmp_path, *flags)))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        records = json_lines(result.stdout)
+    else:
+        records = [r for job in run_multi_worker(python, tmp_path, *flags)
+                   for r in job.records()]
+    start = events(records, "start")[0]
+    assert start["strategy"] == strategy and start["replicas"] == 2
+    assert start["per_replica_batch_size"] == 8
+    reference = checkpoint_values(one_device_runs[variant])
+    assert largest_difference(checkpoint_values(tmp_path), reference) <= AGREEMENT
+    reference_losses = [r["train/loss"] for r in json_lines(
+        (one_device_runs[variant] / "metrics.jsonl").read_text())]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+
+
+def test_a_doubled_reduction_would_be_caught(python, tmp_path, one_device_runs):
+    """The agreement above is meaningful: twice the learning rate (what a doubled gradient
+    sum does) lands far outside the tolerance."""
+    result = run(trainer(python, tmp_path, "--strategy=one_device", *SAME_BATCHES,
+                         *VARIANTS["plain"], "--learning_rate=0.1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = checkpoint_values(one_device_runs["plain"])
+    assert largest_difference(checkpoint_values(tmp_path), reference) > 100 * AGREEMENT
+
+
+RESUME = TINY + ["--steps=300", "--checkpoint_every=20", "--log_every=1", "--eval_every=150",
+                 "--deterministic", "--dropout=0.3", "--seed=5"]
+
+
+def test_killed_job_resumes_to_the_weights_of_a_job_never_killed(python, records, tmp_path):
+    whole = run(trainer(python, tmp_path / "whole", f"--records={records}", *RESUME))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    command = trainer(python, tmp_path / "killed", f"--records={records}", *RESUME)
+    job = Watched(command)
+    job.wait_for(lambda j: (tmp_path / "killed/checkpoints/ckpt-20.index").exists())
+    job.process.send_signal(signal.SIGKILL)
+    job.finish()
+    saved = checkpoint_step(tmp_path / "killed")
+    assert 0 < saved < 300
+
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records_ = json_lines(resumed.stdout)
+    assert events(records_, "restored")[0]["step"] == saved
+    assert [r["step"] for r in records_ if "train/loss" in r] == list(range(saved + 1, 301))
+    assert largest_difference(checkpoint_values(tmp_path / "killed"),
+                              checkpoint_values(tmp_path / "whole")) == 0.0  # bitwise
+    losses = [r["train/loss"] for r in json_lines(whole.stdout) if "train/loss" in r]
+    assert np.mean(losses[-50:]) < np.mean(losses[:50])  # it learns
+
+
+STOPPABLE = SAME_BATCHES[:-3] + ["--steps=100000", "--log_every=5", "--checkpoint_every=0"]
+
+
+def _assert_stopped_together(records, model_dir, processes=2):
+    stopped = events(records, "stopped")
+    assert sorted(r["process"] for r in stopped) == list(range(processes))
+    assert len({r["step"] for r in stopped}) == 1
+    assert checkpoint_step(model_dir) == stopped[0]["step"] > 0
+
+
+def test_sigterm_to_one_horovod_rank_stops_both_with_one_checkpoint(python, horovodrun,
+                                                                    tmp_path):
+    job = Watched(horovod(horovodrun, trainer(python, tmp_path, *STOPPABLE)))
+    job.wait_for(lambda j: len(events(j.records(), "start")) == 2 and
+                 any("train/loss" in r for r in j.records()))
+    rank1 = next(r["pid"] for r in events(job.records(), "start") if r["process"] == 1)
+    os.kill(rank1, signal.SIGTERM)
+    assert job.finish() == 0, "".join(job.stdout + job.stderr)[-3000:]
+    _assert_stopped_together(job.records(), tmp_path)
+
+
+def test_sigterm_to_one_multi_worker_process_stops_both(python, tmp_path):
+    jobs = [Watched(trainer(python, tmp_path, *STOPPABLE), env=env)
+            for env in multi_worker_environments(2)]
+    jobs[0].wait_for(lambda j: any("train/loss" in r for r in j.records()))
+    jobs[1].process.send_signal(signal.SIGTERM)
+    for job in jobs:
+        assert job.finish() == 0, "".join(job.stderr)[-3000:]
+    _assert_stopped_together([r for job in jobs for r in job.records()], tmp_path)
+
+
+def test_sigint_stops_a_single_process_job_with_a_checkpoint(python, tmp_path):
+    job = Watched(trainer(python, tmp_path, *STOPPABLE))
+    job.wait_for(lambda j: any("train/loss" in r for r in j.records()))
+    job.process.send_signal(signal.SIGINT)
+    assert job.finish() == 0, "".join(job.stderr)[-3000:]
+    _assert_stopped_together(job.records(), tmp_path, processes=1)
+    assert events(job.records(), "stopped")[0]["signal"] == "SIGINT"
+
+
+def test_a_non_finite_loss_stops_the_job_and_keeps_the_last_good_checkpoint(python, tmp_path):
+    # The warm-up starts at a rate of 0, so the first steps are sane; then the rate explodes.
+    result = run(trainer(python, tmp_path, *SAME_BATCHES[:-3], "--recipe=modern",
+                         "--learning_rate=1e30", "--warmup_fraction=0.5", "--steps=40",
+                         "--checkpoint_every=1", "--log_every=1"))
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "training stopped" in result.stderr
+    saved = checkpoint_values(tmp_path)
+    assert all(np.all(np.isfinite(v)) for v in saved.values() if v.dtype.kind == "f")
+    assert 0 < int(saved["step/.ATTRIBUTES/VARIABLE_VALUE"]) < 40
+
+
+def test_evaluation_with_two_horovod_ranks_counts_every_example_once(python, horovodrun,
+                                                                     records, tmp_path):
+    result = run(horovod(horovodrun, trainer(python, tmp_path, f"--records={records}", *TINY,
+                                             "--steps=4", "--eval_crops=10")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((records / "manifest.json").read_text())
+    evaluation = [r for r in json_lines(result.stdout) if "eval/examples" in r]
+    assert evaluation and evaluation[-1]["eval/examples"] == manifest["splits"]["fold0"]["examples"]
+    confusion = np.array(evaluation[-1]["eval/confusion"])
+    assert confusion.sum() == evaluation[-1]["eval/examples"]
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_variables(python, tmp_path, precision):
+    result = run(trainer(python, tmp_path, *SAME_BATCHES, f"--precision={precision}"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = events(json_lines(result.stdout), "start")[0]
+    assert start["compute_dtype"] == precision.split("_")[1]
+    saved = checkpoint_values(tmp_path)
+    assert all(v.dtype in (np.float32, np.int64) for v in saved.values())
+    # float16 adds dynamic loss scaling: its scale is part of the optimizer's state.
+    assert any("loss_scale" in name or "scale" in name
+               for name in saved) == (precision == "mixed_float16")
+
+
+def test_xla_compiles_the_step(python, tmp_path):
+    result = run(trainer(python, tmp_path, *SAME_BATCHES, "--xla"),
+                 env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Compiled cluster using XLA" in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--records=/nonexistent/records"], "/nonexistent/records"),
+    (["--task=gender"], "holds age labels, not gender"),
+    (["--held_out_fold=7"], "held-out fold 7 does not exist"),
+    (["--crop_size=100"], "smaller than the 100x100 crops"),
+])
+def test_bad_flags_or_records_stop_before_any_work(python, records, tmp_path, flags, message):
+    result = run(trainer(python, tmp_path / "job", f"--records={records}", *TINY, "--steps=2",
+                         *flags))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "job").exists()

@@ -1,0 +1,101 @@
+"""The flags of the trainer's entry points, each defined once (absl refuses a flag defined twice).
+
+An entry point calls `define_job_flags()` and, if it trains, `define_training_flags()` at import,
+then builds its plain values here. Nothing below the entry points reads flags.
+"""
+
+from absl import flags
+
+from input import adience
+from input import images
+from trainer import data
+from trainer import loop
+from trainer import models
+from trainer import recipes
+
+FLAGS = flags.FLAGS
+ERROR_EXIT_CODE = 2  # bad flags or records, found before any work
+
+
+def define_job_flags():
+    """Flags of every entry point that runs a model on records."""
+    flags.DEFINE_string("records", None, "Records folder built by input.build.")
+    flags.DEFINE_string("model_dir", None, "The job's folder: checkpoints, logs, run.json.")
+    flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
+                                           "horovod"],
+                      "auto: horovod under horovodrun, multi_worker when TF_CONFIG names several "
+                      "workers, mirrored with several GPUs, else one device.")
+    flags.DEFINE_integer("logical_cpus", 0, "With no GPU, split the CPU into this many devices "
+                         "(mirrored on one machine, for tests and debugging).")
+    flags.DEFINE_integer("batch_size", None, "Global batch size, over all replicas (default: "
+                         "the recipe's for training, 50 for evaluation).")
+    flags.DEFINE_enum("eval_crops", "1", ["1", "10"], "Evaluate on the center crop, or average "
+                      "the paper's 10 crops (corners, center and their mirrors).")
+
+
+def define_training_flags():
+    """Flags of the entry points that train (main, cross_validate)."""
+    flags.DEFINE_enum("model", "levi_hassner", models.names(), "The network.")
+    flags.DEFINE_enum("task", "age", adience.TASKS, "Age groups or gender; must match the "
+                      "records.")
+    flags.DEFINE_enum("data", "records", data.SOURCES, "records, or synthetic in-memory "
+                      "batches (to measure training without input, or check strategies).")
+    flags.DEFINE_enum("recipe", "paper", sorted(recipes.RECIPES), "paper: Levi & Hassner's "
+                      "solver exactly. modern: warmup + cosine, label smoothing, nesterov.")
+    flags.DEFINE_float("learning_rate", None, "Peak learning rate at the recipe's reference "
+                       "batch size, scaled linearly with --batch_size.")
+    flags.DEFINE_enum("schedule", None, recipes.SCHEDULES, "step (x decay_factor every "
+                      "--decay_every steps) or cosine (with warm-up).")
+    flags.DEFINE_integer("decay_every", None, "Steps between the step schedule's decays.")
+    flags.DEFINE_float("warmup_fraction", None, "Share of the steps spent warming up (cosine).")
+    flags.DEFINE_float("weight_decay", None, "L2 term factor (Caffe's weight_decay: gradient "
+                       "weight_decay * w); 0 turns it off. Default: the model's.")
+    flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy.")
+    flags.DEFINE_float("dropout", None, "Dropout rate. Default: the model's.")
+    flags.DEFINE_integer("steps", 0, "Training steps (default: from --epochs, else the "
+                         "recipe's: 50,000 for the paper).")
+    flags.DEFINE_float("epochs", 0, "Training epochs over the training split.")
+    flags.DEFINE_integer("held_out_fold", 0, "Fold held out for evaluation (folds protocol).")
+    flags.DEFINE_integer("crop_size", images.CROP_SIZE, "Side of the training and evaluation "
+                         "crops.")
+    flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps (0: every epoch) and "
+                         "at the end.")
+    flags.DEFINE_integer("log_every", 20, "Log every this many steps.")
+    flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint every this many steps (0: only "
+                         "at the end and on a stop).")
+    flags.DEFINE_enum("precision", "fp32", sorted(loop.PRECISIONS), "mixed_float16 adds loss "
+                      "scaling; mixed_bfloat16 runs on CPUs with AVX-512 BF16 too.")
+    flags.DEFINE_bool("xla", False, "Compile the forward and backward pass with XLA.")
+    flags.DEFINE_bool("deterministic", False, "Op determinism and a data order that is a "
+                      "function of the seed: a resumed job ends with the same weights.")
+    flags.DEFINE_integer("seed", 0, "Seed of the initial weights, data order and crops.")
+    flags.DEFINE_bool("cache", False, "Keep the decoded training records in memory.")
+    flags.DEFINE_string("backbone_weights", None, "Local ImageNet weights file of the "
+                        "keras.applications backbone (mobilenet_v2); never downloaded.")
+
+
+def require(*names):
+    """Stops with a usage error when a required flag is missing."""
+    missing = [name for name in names if getattr(FLAGS, name) is None]
+    if missing:
+        raise flags.IllegalFlagValueError(
+            "missing " + ", ".join(f"--{name}" for name in missing))
+
+
+def train_config(input_threads=None, **overrides):
+    """The TrainConfig of the training flags (`overrides`: values an entry point sets)."""
+    recipe = recipes.resolve(
+        FLAGS.recipe, global_batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        schedule=FLAGS.schedule, decay_every=FLAGS.decay_every,
+        warmup_fraction=FLAGS.warmup_fraction, weight_decay=FLAGS.weight_decay,
+        label_smoothing=FLAGS.label_smoothing, dropout=FLAGS.dropout)
+    values = dict(
+        model_dir=FLAGS.model_dir, records=FLAGS.records, recipe=recipe, model=FLAGS.model,
+        task=FLAGS.task, data=FLAGS.data, held_out_fold=FLAGS.held_out_fold, steps=FLAGS.steps,
+        epochs=FLAGS.epochs, crop_size=FLAGS.crop_size, eval_crops=int(FLAGS.eval_crops),
+        eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
+        checkpoint_every=FLAGS.checkpoint_every, precision=FLAGS.precision, xla=FLAGS.xla,
+        deterministic=FLAGS.deterministic, seed=FLAGS.seed, cache=FLAGS.cache,
+        backbone_weights=FLAGS.backbone_weights, input_threads=input_threads)
+    values.update(overrides)
+    return loop.TrainConfig(**values)

@@ -1,0 +1,124 @@
+"""What the trainer reads: a records folder through input.pipeline, or synthetic batches.
+
+`describe` checks the records against the job before any work (task, image size, held-out
+fold) and gives what the model needs from them (classes, the training folds' mean image).
+The synthetic source ("--data=synthetic") makes batches in memory from the seed alone: the
+benchmark uses it to tell whether training is input-bound, and the tests use it to feed every
+strategy exactly the same global batch (records would give each worker its own files).
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from input import adience
+from input import pipeline
+
+SOURCES = ("records", "synthetic")
+SYNTHETIC_STEPS = 8  # distinct global batches of the synthetic source, cycled
+SYNTHETIC_PIXEL_MEAN = 127.5
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    source: str
+    records: str | None
+    task: str
+    class_names: tuple
+    mean_image: np.ndarray
+    train_splits: tuple
+    eval_splits: tuple
+    train_examples: int
+    eval_examples: int
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def describe(source, records, task, held_out_fold, crop_size):
+    """Checks the data against the job and describes it; a clear ValueError on a mismatch."""
+    if source == "synthetic":
+        names = adience.AGE_GROUP_NAMES if task == "age" else adience.GENDER_NAMES
+        mean = np.full((crop_size, crop_size, 3), SYNTHETIC_PIXEL_MEAN, np.float32)
+        return DataInfo(source, None, task, tuple(names), mean, (), (), 0, 0)
+    manifest = pipeline.read_manifest(records)
+    settings = manifest["settings"]
+    if settings["task"] != task:
+        raise ValueError(f"{records} holds {settings['task']} labels, not {task}: build records "
+                         f"with --task={task} or train with --task={settings['task']}")
+    if settings["image_size"] < crop_size:
+        raise ValueError(f"{records} holds {settings['image_size']}x{settings['image_size']} "
+                         f"images, smaller than the {crop_size}x{crop_size} crops: rebuild "
+                         f"with --image_size of at least {crop_size} or lower --crop_size")
+    train_splits, eval_splits = pipeline.protocol_splits(manifest, held_out_fold)
+
+    def examples(splits):
+        return sum(manifest["splits"][name]["examples"] for name in splits)
+
+    return DataInfo("records", records, task, tuple(manifest["class_names"]),
+                    pipeline.mean_image(records, train_splits), tuple(train_splits),
+                    tuple(eval_splits), examples(train_splits), examples(eval_splits))
+
+
+def train_batches(backend, info, global_batch_size, start_step, seed, deterministic,
+                  crop_size, cache=False, threads=None):
+    """The distributed training batches from `start_step` on (each pipeline skips to it)."""
+    def dataset_fn(num_pipelines, pipeline_index, per_replica_batch_size):
+        # A pipeline yields one batch per replica it feeds, per step.
+        first = start_step * backend.replicas_per_pipeline
+        if info.source == "synthetic":
+            return _synthetic(info.num_classes, crop_size, per_replica_batch_size,
+                              backend.replicas_per_pipeline,
+                              pipeline_index * backend.replicas_per_pipeline,
+                              global_batch_size, first, seed)
+        return pipeline.train_dataset(
+            info.records, info.train_splits, per_replica_batch_size,
+            num_pipelines=num_pipelines, pipeline_index=pipeline_index, seed=seed,
+            deterministic=deterministic, start_step=first, cache=cache, crop_size=crop_size,
+            threads=threads)
+
+    return backend.distribute_dataset(dataset_fn, global_batch_size)
+
+
+def eval_batches(backend, info, global_batch_size, crops, crop_size, threads=None):
+    """(distributed evaluation batches, steps): every held-out example once over all workers."""
+    steps = []
+
+    def dataset_fn(num_pipelines, pipeline_index, per_replica_batch_size):
+        data = pipeline.eval_dataset(
+            info.records, info.eval_splits, per_replica_batch_size, num_pipelines=num_pipelines,
+            pipeline_index=pipeline_index, crops=crops, crop_size=crop_size,
+            replicas_per_pipeline=backend.replicas_per_pipeline, threads=threads)
+        steps.append(data.steps)
+        return data.dataset
+
+    dataset = backend.distribute_dataset(dataset_fn, global_batch_size)
+    return dataset, steps[0]
+
+
+def _synthetic(num_classes, crop_size, batch_size, replicas, first_chunk, global_batch_size,
+               first_batch, seed):
+    """Uniform noise images with random labels, made once and held in memory.
+
+    Global step t's batch is a function of (seed, t mod SYNTHETIC_STEPS) alone; this pipeline's
+    k-th batch is chunk first_chunk + k % replicas of global step k // replicas, so that any
+    number of replicas and workers together see the same global batches.
+    """
+    def batch(k):
+        step = k // replicas
+        chunk = first_chunk + k % replicas
+        images = tf.random.stateless_uniform([global_batch_size, crop_size, crop_size, 3],
+                                             seed=[seed, step], maxval=256, dtype=tf.int32)
+        labels = tf.random.stateless_uniform([global_batch_size], seed=[seed + 1, step],
+                                             maxval=num_classes, dtype=tf.int32)
+        rows = slice(chunk * batch_size, (chunk + 1) * batch_size)
+        return {"image": tf.cast(images[rows], tf.uint8), "label": labels[rows],
+                "crop_offset": tf.zeros([batch_size, 2], tf.int32),
+                "flip": tf.zeros([batch_size], tf.bool)}
+
+    cycle = SYNTHETIC_STEPS * replicas
+    in_memory = tf.data.Dataset.range(cycle).map(batch).batch(cycle).get_single_element()
+    return (tf.data.Dataset.from_tensor_slices(in_memory).repeat().skip(first_batch % cycle)
+            .prefetch(tf.data.AUTOTUNE))

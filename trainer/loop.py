@@ -1,0 +1,270 @@
+"""The one training loop, for every strategy: `train(config, backend)`.
+
+    for step in first+1 .. total:      (first = the restored checkpoint's step, else 0)
+        stop if any process was signalled (all agree, see trainer.strategy)
+        run the step on every replica; stop with an error on a non-finite loss
+        log / checkpoint / evaluate when it is time
+
+The input skips straight to the first step, so that with --deterministic a resumed job sees
+exactly the batches an uninterrupted one would have. Only the chief writes checkpoints, logs
+and run.json; every process runs the same steps.
+"""
+
+import dataclasses
+import math
+import os
+import socket
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import checkpoint as checkpoint_lib
+from trainer import data
+from trainer import logs
+from trainer import metrics
+from trainer import models
+from trainer import recipes
+from trainer import steps as steps_lib
+
+PRECISIONS = {"fp32": "float32", "mixed_float16": "mixed_float16",
+              "mixed_bfloat16": "mixed_bfloat16"}
+NON_FINITE_EXIT_CODE = 3  # a non-finite loss; a stop by SIGTERM/SIGINT exits 0
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model_dir: str
+    records: str | None
+    recipe: recipes.Recipe
+    model: str = "levi_hassner"
+    task: str = "age"
+    data: str = "records"
+    held_out_fold: int = 0
+    steps: int = 0  # 0: from epochs, else the recipe's length
+    epochs: float = 0
+    crop_size: int = 227
+    eval_crops: int = 1
+    eval_every: int = 0  # steps; 0: once per epoch
+    log_every: int = 20
+    checkpoint_every: int = 1000  # steps; 0: only at the end (and on a stop)
+    precision: str = "fp32"
+    xla: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    cache: bool = False
+    backbone_weights: str | None = None
+    input_threads: int | None = None
+
+
+def is_time(step, every, total):
+    """Whether a periodic action runs after `step`: every `every` steps, and at the end."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def train(config, backend):
+    """Trains (or resumes) the job of `config` under `backend`; returns a summary dict."""
+    keras.mixed_precision.set_global_policy(PRECISIONS[config.precision])
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    info = data.describe(config.data, config.records, config.task, config.held_out_fold,
+                         config.crop_size)
+    recipe = config.recipe
+    global_batch_size = recipe.global_batch_size
+    if global_batch_size % backend.num_replicas:
+        raise ValueError(f"global batch {global_batch_size} does not split over "
+                         f"{backend.num_replicas} replicas")
+    steps_per_epoch = max(1, math.ceil(info.train_examples / global_batch_size))
+    total = recipes.total_steps(recipe, config.steps, config.epochs, info.train_examples,
+                                global_batch_size)
+    learning_rate = recipes.scaled_learning_rate(recipe, global_batch_size)
+    module = models.get(config.model)
+    with backend.scope():
+        model = models.build(config.model, info.num_classes, info.mean_image,
+                             **_model_options(config, recipe))
+        optimizer = recipes.optimizer(recipe, learning_rate, total, config.precision)
+        optimizer.build(model.trainable_variables)  # before a restore fills its slots
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoints = checkpoint_lib.Checkpoints(
+        # Keras 3 leaves its dropout seed generators out of the model's checkpoint graph: list
+        # the non-trainable state explicitly, or a resumed job draws other dropout masks.
+        tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
+                            model_state=list(model.non_trainable_variables)),
+        config.model_dir,
+        backend.checkpoint_write_dir(checkpoint_lib.checkpoint_dir(config.model_dir)))
+    restored = checkpoints.restore() if backend.restores_checkpoints() else None
+    backend.sync_variables(model.variables + optimizer.variables + [step])
+    first = int(step.numpy())
+
+    writer = logs.MetricWriter(config.model_dir, backend.is_chief, backend.process_index)
+    run = _describe_run(config, backend, info, model, total, steps_per_epoch, learning_rate)
+    _announce_start(writer, backend, run, restored, first)
+    if backend.is_chief:
+        checkpoint_lib.write_run(config.model_dir, run)
+
+    stop = backend.stop_signal(checkpoints.checkpoint, checkpoints.directory,
+                               save=lambda at: checkpoints.save(int(at)))
+    weight_decay = module.WEIGHT_DECAY if recipe.weight_decay is None else recipe.weight_decay
+    decay_variables = module.decay_variables(model)
+    train_step = steps_lib.train_step(
+        backend, model, optimizer, global_batch_size, info.num_classes,
+        label_smoothing=recipe.label_smoothing,
+        regularization=(lambda: module.caffe_l2(decay_variables, weight_decay))
+        if weight_decay else None,
+        lr_multipliers=module.lr_multipliers(model) if recipe.lr_multipliers else None,
+        xla=config.xla)
+    batches = iter(data.train_batches(backend, info, global_batch_size, first, config.seed,
+                                      config.deterministic, config.crop_size, config.cache,
+                                      config.input_threads))
+    evaluator = _evaluator(config, backend, info, model, global_batch_size)
+    eval_every = config.eval_every or steps_per_epoch
+
+    window = _Window()
+    last_eval = None
+    stopped_by = None
+    for current in range(first + 1, total + 1):
+        if stop.requested(current - 1):
+            stopped_by = stop.received or "a signal to another process"
+            break
+        started = time.perf_counter()
+        result = train_step(next(batches))
+        loss, correct = float(result["loss"]), float(result["correct"])
+        window.add(time.perf_counter() - started, global_batch_size, loss, correct)
+        step.assign(current)
+        if not math.isfinite(loss):
+            writer.announce("non_finite_loss", step=current, loss=loss,
+                            last_checkpoint=checkpoints.latest())
+            raise NonFiniteLoss(f"the loss is {loss} at step {current}: training stopped; the "
+                                f"last good checkpoint is {checkpoints.latest()}")
+        if is_time(current, config.log_every, total):
+            writer.write(current, window.metrics(optimizer, backend.num_replicas))
+            window = _Window()
+        if is_time(current, config.checkpoint_every, total):
+            _check_finite(model, current)
+            checkpoints.save(current)
+        if evaluator and is_time(current, eval_every, total):
+            last_eval = evaluator(current, writer)
+
+    final = int(step.numpy())
+    _check_finite(model, final)
+    checkpoints.save(final)
+    backend.remove_temporary_checkpoints(checkpoints.directory)
+    writer.announce("stopped" if stopped_by else "finished", step=final, signal=stopped_by,
+                    checkpoint=checkpoints.latest() if backend.is_chief else None)
+    writer.close()
+    return {"step": final, "total_steps": total, "stopped_by": stopped_by, "eval": last_eval}
+
+
+def _check_finite(model, step):
+    """A checkpoint must be a good one: weights that overflowed are never saved."""
+    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables):
+        raise NonFiniteLoss(f"the weights are not finite after step {step}: training stopped "
+                            f"without saving them")
+
+
+def _model_options(config, recipe):
+    options = {"crop_size": config.crop_size}
+    if recipe.dropout is not None:
+        options["dropout"] = recipe.dropout
+    if config.backbone_weights:
+        options["weights"] = config.backbone_weights
+    return options
+
+
+def _describe_run(config, backend, info, model, total, steps_per_epoch, learning_rate):
+    """What run.json records and the start line says: the derived values, computed once."""
+    recipe = config.recipe
+    return {
+        "model": config.model, "task": config.task, "data": config.data,
+        "records": config.records and os.path.abspath(config.records),
+        "held_out_fold": config.held_out_fold, "eval_splits": list(info.eval_splits),
+        "class_names": list(info.class_names), "crop_size": config.crop_size,
+        "mean_shape": list(info.mean_image.shape),
+        "dropout": recipe.dropout, "recipe": dataclasses.asdict(recipe),
+        "strategy": backend.name, "processes": backend.num_processes,
+        "replicas": backend.num_replicas, "global_batch_size": recipe.global_batch_size,
+        "per_replica_batch_size": recipe.global_batch_size // backend.num_replicas,
+        "train_examples": info.train_examples, "eval_examples": info.eval_examples,
+        "steps_per_epoch": steps_per_epoch, "total_steps": total,
+        "learning_rate": learning_rate, "precision": config.precision, "xla": config.xla,
+        "deterministic": config.deterministic, "seed": config.seed,
+        "compute_dtype": next(layer.compute_dtype for layer in model.layers
+                              if getattr(layer, "kernel", None) is not None),
+        "trainable_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        "flops_per_image": models.flops_per_image(model),
+    }
+
+
+def _announce_start(writer, backend, run, restored, first):
+    writer.announce("start", host=socket.gethostname(), pid=os.getpid(),
+                    devices=[d.name for d in tf.config.list_logical_devices()
+                             if d.device_type in ("CPU", "GPU")], **run)
+    print(f"{run['model']}: {run['trainable_parameters']:,} trainable parameters, "
+          f"{run['flops_per_image'] / 1e9:.4f} GFLOP forward per image; "
+          f"{run['strategy']} with {run['replicas']} replicas; global batch "
+          f"{run['global_batch_size']} ({run['per_replica_batch_size']} per replica); "
+          f"{run['total_steps']} steps, learning rate {run['learning_rate']:g}", flush=True)
+    if restored:
+        writer.announce("restored", step=first, checkpoint=restored,
+                        remaining_steps=run["total_steps"] - first)
+
+
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self):
+        self.seconds = self.images = self.steps = 0
+        self.loss = self.correct = 0.0
+
+    def add(self, seconds, images, loss, correct):
+        self.seconds += seconds
+        self.images += images
+        self.steps += 1
+        self.loss += loss
+        self.correct += correct
+
+    def metrics(self, optimizer, replicas):
+        images_per_sec = self.images / self.seconds if self.seconds else 0.0
+        return {"train/loss": self.loss / self.steps,
+                "train/accuracy": self.correct / self.images,
+                "train/learning_rate": float(optimizer.learning_rate),
+                "train/images_per_sec": images_per_sec,
+                "train/images_per_sec_per_replica": images_per_sec / replicas,
+                "train/step_seconds": self.seconds / self.steps}
+
+
+def _evaluator(config, backend, info, model, global_batch_size):
+    """A function(step, writer) that evaluates on the held-out split and logs it (or None)."""
+    if info.source != "records":
+        return None
+    dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, config.eval_crops,
+                                            config.crop_size, config.input_threads)
+    step_fn = steps_lib.eval_step(backend, model, info.num_classes)
+
+    def evaluate(step, writer):
+        summary = evaluate_batches(step_fn, dataset, eval_steps, info)
+        writer.write(step, {f"eval/{key}": value for key, value in summary.items()})
+        writer.text(step, "eval/confusion_matrix",
+                    metrics.format_confusion(summary["confusion"], info.class_names))
+        return summary
+
+    return evaluate
+
+
+def evaluate_batches(step_fn, dataset, eval_steps, info):
+    """Runs the evaluation steps; the summed counts must hold every held-out example once."""
+    confusion = np.zeros((info.num_classes, info.num_classes), np.int64)
+    batches = iter(dataset)
+    for _ in range(eval_steps):
+        confusion += step_fn(next(batches)).numpy()
+    summary = metrics.summarize(confusion, info.class_names)
+    if summary["examples"] != info.eval_examples:
+        raise RuntimeError(f"evaluation counted {summary['examples']} examples, the records "
+                           f"hold {info.eval_examples}")
+    return summary

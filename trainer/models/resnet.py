@@ -1,0 +1,99 @@
+"""A small residual network (He et al. 2016) that trains from scratch on Adience on a CPU.
+
+ResNet-18's layout at half its width and with one basic block per stage (a "ResNet-10"):
+
+    input   227x227x3 crop minus the window of the mean image under it, / 128
+    conv1   32 7x7 stride 2 valid, BN, ReLU           -> 111x111x32
+    pool1   max 3x3 stride 2                          -> 56x56x32
+    stage1  basic block, 32                           -> 56x56x32
+    stage2  basic block, 64, stride 2 (projection)    -> 28x28x64
+    stage3  basic block, 128, stride 2 (projection)   -> 14x14x128
+    stage4  basic block, 256, stride 2 (projection)   -> 7x7x256
+    average global average pooling                    -> 256
+    drop    dropout 0.2
+    fc8     num_classes (logits)
+
+A basic block is relu(x + bn(conv3x3(relu(bn(conv3x3(x)))))); where it halves the side or
+changes the width, x goes through a 1x1 convolution with the same stride and BN (He et al.'s
+option B). The last BN of each residual branch starts with gamma = 0 (Goyal et al. 2017): every
+block starts as the identity, so the untrained network is shallow and the large learning rates
+of the modern recipe are stable from the first steps.
+
+The valid 7x7 conv1 gives the sides of Levi & Hassner's maps (56, 28, 14, 7). Ten weighted
+layers deep against their six, with batch norm and identity paths, for about a third of their
+forward cost (0.50 against 1.42 GFLOP per 227x227 image) and 1.2 M parameters against 11.4 M.
+
+Solver: weight decay on kernels only, no learning-rate multipliers (levi_hassner_bn's).
+"""
+
+import keras
+
+from input import images
+from trainer.models import levi_hassner_bn
+from trainer.models import mean_window
+
+# Kernels-only decay and no multipliers, as for every network with batch norm here.
+caffe_l2 = levi_hassner_bn.caffe_l2
+decay_variables = levi_hassner_bn.decay_variables
+lr_multipliers = levi_hassner_bn.lr_multipliers
+
+PIXEL_SCALE = 1 / 128  # crops minus the mean lie in about [-128, 128]: bring them near [-1, 1]
+STEM_FILTERS, STEM_KERNEL, STEM_STRIDE = 32, 7, 2
+POOL_SIZE, POOL_STRIDE = 3, 2
+STAGE_FILTERS = (32, 64, 128, 256)  # each stage after the first halves the side
+BLOCKS_PER_STAGE = 1
+DROPOUT = 0.2  # 256 averaged features feed the head; modest dropout, as in modern CNN heads
+HEAD = "fc8"
+
+# As caffe_l2's factor (gradient WEIGHT_DECAY * w): He et al.'s value for their ImageNet and
+# CIFAR ResNets, trained with SGD and momentum 0.9 as here.
+WEIGHT_DECAY = 1e-4
+
+
+def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
+    """The network as a Keras functional model; arguments as levi_hassner.build's.
+
+    Returns:
+      A model from {"image", "crop_offset", "flip"} to float32 logits [B, num_classes].
+    """
+    model_inputs = mean_window.inputs(crop_size)
+    x = mean_window.subtract_mean(model_inputs, mean_image)
+    x = keras.layers.Rescaling(PIXEL_SCALE, name="scale")(x)
+    x = _conv(STEM_FILTERS, STEM_KERNEL, STEM_STRIDE, "conv1", padding="valid")(x)
+    x = _batch_norm("conv1_bn")(x)
+    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = keras.layers.MaxPooling2D(POOL_SIZE, POOL_STRIDE, padding="same", name="pool1")(x)
+    for stage, filters in enumerate(STAGE_FILTERS, start=1):
+        for block in range(1, BLOCKS_PER_STAGE + 1):
+            strides = 2 if stage > 1 and block == 1 else 1
+            x = _basic_block(x, filters, strides, f"stage{stage}_block{block}")
+    x = keras.layers.GlobalAveragePooling2D(name="average")(x)
+    x = keras.layers.Dropout(dropout, name="drop")(x)
+    # float32 logits even under a mixed-precision policy, for the softmax loss.
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
+    return keras.Model(model_inputs, logits, name="resnet")
+
+
+def _basic_block(x, filters, strides, name):
+    """relu(shortcut(x) + residual(x)), the residual's last BN starting at gamma = 0."""
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv(filters, 1, strides, f"{name}_project")(x)
+        shortcut = _batch_norm(f"{name}_project_bn")(shortcut)
+    y = _conv(filters, 3, strides, f"{name}_conv1")(x)
+    y = _batch_norm(f"{name}_bn1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv(filters, 3, 1, f"{name}_conv2")(y)
+    y = _batch_norm(f"{name}_bn2", gamma_initializer="zeros")(y)
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name=f"{name}_relu2")(y)
+
+
+def _conv(filters, kernel, strides, name, padding="same"):
+    # No bias: the BN after every convolution has its own (beta).
+    return keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding,
+                               use_bias=False, kernel_initializer="he_normal", name=name)
+
+
+def _batch_norm(name, gamma_initializer="ones"):
+    return keras.layers.BatchNormalization(gamma_initializer=gamma_initializer, name=name)

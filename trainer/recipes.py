@@ -1,0 +1,102 @@
+"""Training recipes: the paper's solver exactly, and a modern one for the better networks.
+
+A recipe is the solver's settings; every one of them can be overridden by a flag. The learning
+rate is given at the recipe's reference batch size and scaled linearly with the global batch
+(Goyal et al. 2017), so that a job on 8 GPUs with 8x the batch keeps the same per-example step:
+the paper's 1e-3 at batch 50 becomes 8e-3 at batch 400.
+"""
+
+import dataclasses
+import math
+
+import keras
+
+SCHEDULES = ("step", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    global_batch_size: int
+    learning_rate: float  # at reference_batch_size
+    reference_batch_size: int
+    schedule: str  # "step": x decay_factor every decay_every steps; "cosine": warmup + cosine
+    decay_every: int  # step schedule only
+    decay_factor: float
+    warmup_fraction: float  # cosine only: the share of the steps spent warming up
+    momentum: float
+    nesterov: bool
+    weight_decay: float | None  # the L2 term's factor; None: the model's own WEIGHT_DECAY
+    lr_multipliers: bool  # the model's per-layer multipliers (the paper's solver)
+    label_smoothing: float
+    dropout: float | None  # None: the model's default
+    steps: int  # when neither --steps nor --epochs is given...
+    epochs: int  # ...the recipe's length: steps if > 0, else epochs
+
+
+# Levi & Hassner's Caffe solver: SGD momentum 0.9, batch 50, 1e-3 x 0.1 every 10,000 of 50,000
+# iterations, weight decay 5e-4 on weights, biases 2x and fc8 10x / 20x, dropout 0.5.
+PAPER = Recipe(name="paper", global_batch_size=50, learning_rate=1e-3, reference_batch_size=50,
+               schedule="step", decay_every=10_000, decay_factor=0.1, warmup_fraction=0.0,
+               momentum=0.9, nesterov=False, weight_decay=None, lr_multipliers=True,
+               label_smoothing=0.0, dropout=None, steps=50_000, epochs=0)
+
+# For networks with batch norm trained from scratch: a large rate reached by a short warm-up
+# (BN makes it stable), cosine decay to zero, label smoothing against over-confident logits on
+# a small dataset.
+MODERN = Recipe(name="modern", global_batch_size=64, learning_rate=0.1, reference_batch_size=256,
+                schedule="cosine", decay_every=0, decay_factor=1.0, warmup_fraction=0.05,
+                momentum=0.9, nesterov=True, weight_decay=None, lr_multipliers=False,
+                label_smoothing=0.1, dropout=None, steps=0, epochs=30)
+
+RECIPES = {recipe.name: recipe for recipe in (PAPER, MODERN)}
+
+
+def resolve(name, **overrides):
+    """The recipe called `name` with the overrides that are not None."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    recipe = dataclasses.replace(RECIPES[name], **{key: value for key, value in overrides.items()
+                                                   if value is not None})
+    if recipe.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; known: {', '.join(SCHEDULES)}")
+    return recipe
+
+
+def scaled_learning_rate(recipe, global_batch_size):
+    return recipe.learning_rate * global_batch_size / recipe.reference_batch_size
+
+
+def total_steps(recipe, steps, epochs, train_examples, global_batch_size):
+    """The job's length in steps: --steps, else --epochs, else the recipe's."""
+    if steps:
+        return steps
+    epochs = epochs or recipe.epochs
+    if epochs:
+        return max(1, math.ceil(epochs * train_examples / global_batch_size))
+    return recipe.steps
+
+
+def schedule(recipe, peak_learning_rate, total):
+    """The learning rate as a function of the optimizer's step."""
+    if recipe.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            peak_learning_rate, decay_steps=recipe.decay_every, decay_rate=recipe.decay_factor,
+            staircase=True)
+    warmup = int(recipe.warmup_fraction * total)
+    # Keras warms up from initial_learning_rate to warmup_target, then decays over decay_steps.
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak_learning_rate,
+        decay_steps=max(1, total - warmup), warmup_target=peak_learning_rate if warmup else None,
+        warmup_steps=warmup)
+
+
+def optimizer(recipe, peak_learning_rate, total, precision):
+    """SGD with momentum on the recipe's schedule; loss scaling under float16."""
+    sgd = keras.optimizers.SGD(schedule(recipe, peak_learning_rate, total),
+                               momentum=recipe.momentum, nesterov=recipe.nesterov)
+    if precision == "mixed_float16":
+        # float16 gradients of small losses underflow: scale the loss up, the gradients down,
+        # and skip the steps whose gradients overflow (dynamic loss scaling).
+        return keras.optimizers.LossScaleOptimizer(sgd)
+    return sgd
