@@ -5,6 +5,9 @@ then builds its plain values here. Nothing below the entry points reads flags.
 """
 
 from absl import flags
+from absl import logging
+
+from launch import host
 
 from input import adience
 from input import images
@@ -72,6 +75,14 @@ def define_training_flags():
     flags.DEFINE_bool("cache", False, "Keep the decoded training records in memory.")
     flags.DEFINE_string("backbone_weights", None, "Local ImageNet weights file of the "
                         "keras.applications backbone (mobilenet_v2); never downloaded.")
+
+
+def start_process():
+    """Sizes TensorFlow's thread pools (before its first op) and quiets its INFO lines, which
+    would drown the metrics; returns the thread counts."""
+    threads = host.configure_threads()
+    logging.set_verbosity(logging.WARNING)
+    return threads
 
 
 def require(*names):

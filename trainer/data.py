@@ -54,12 +54,21 @@ def describe(source, records, task, held_out_fold, crop_size):
                          f"with --image_size of at least {crop_size} or lower --crop_size")
     train_splits, eval_splits = pipeline.protocol_splits(manifest, held_out_fold)
 
-    def examples(splits):
-        return sum(manifest["splits"][name]["examples"] for name in splits)
-
     return DataInfo("records", records, task, tuple(manifest["class_names"]),
                     pipeline.mean_image(records, train_splits), tuple(train_splits),
-                    tuple(eval_splits), examples(train_splits), examples(eval_splits))
+                    tuple(eval_splits), split_examples(records, train_splits),
+                    split_examples(records, eval_splits))
+
+
+def split_examples(records, split_names):
+    """How many examples these splits of the records hold (a clear error for unknown ones)."""
+    manifest = pipeline.read_manifest(records)
+    return sum(shard["examples"] for shard in pipeline.split_shards(manifest, split_names))
+
+
+def replace_eval_splits(info, records, split_names):
+    return dataclasses.replace(info, eval_splits=tuple(split_names),
+                               eval_examples=split_examples(records, split_names))
 
 
 def train_batches(backend, info, global_batch_size, start_step, seed, deterministic,

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from trainer import checkpoint as checkpoint_lib
 from trainer import data
+from trainer import evaluation
 from trainer import logs
 from trainer import metrics
 from trainer import models
@@ -30,6 +31,7 @@ from trainer import steps as steps_lib
 
 PRECISIONS = {"fp32": "float32", "mixed_float16": "mixed_float16",
               "mixed_bfloat16": "mixed_bfloat16"}
+GLOBAL_SEED_RANGE = 2**31 - 2
 NON_FINITE_EXIT_CODE = 3  # a non-finite loss; a stop by SIGTERM/SIGINT exits 0
 
 
@@ -72,7 +74,9 @@ def train(config, backend):
     keras.mixed_precision.set_global_policy(PRECISIONS[config.precision])
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
+    # Never TF's global seed 0: with it, a tensor op seed (the pipeline's per-epoch shuffle
+    # seed) makes tf.random's get_seed compare a tensor in Python, and tracing fails.
+    keras.utils.set_random_seed(config.seed % GLOBAL_SEED_RANGE + 1)
     info = data.describe(config.data, config.records, config.task, config.held_out_fold,
                          config.crop_size)
     recipe = config.recipe
@@ -152,6 +156,8 @@ def train(config, backend):
             last_eval = evaluator(current, writer)
 
     final = int(step.numpy())
+    if evaluator and last_eval is None and not stopped_by:  # a finished job run again
+        last_eval = evaluator(final, writer)
     _check_finite(model, final)
     checkpoints.save(final)
     backend.remove_temporary_checkpoints(checkpoints.directory)
@@ -248,23 +254,10 @@ def _evaluator(config, backend, info, model, global_batch_size):
     step_fn = steps_lib.eval_step(backend, model, info.num_classes)
 
     def evaluate(step, writer):
-        summary = evaluate_batches(step_fn, dataset, eval_steps, info)
+        summary = evaluation.run(step_fn, dataset, eval_steps, info)
         writer.write(step, {f"eval/{key}": value for key, value in summary.items()})
         writer.text(step, "eval/confusion_matrix",
                     metrics.format_confusion(summary["confusion"], info.class_names))
         return summary
 
     return evaluate
-
-
-def evaluate_batches(step_fn, dataset, eval_steps, info):
-    """Runs the evaluation steps; the summed counts must hold every held-out example once."""
-    confusion = np.zeros((info.num_classes, info.num_classes), np.int64)
-    batches = iter(dataset)
-    for _ in range(eval_steps):
-        confusion += step_fn(next(batches)).numpy()
-    summary = metrics.summarize(confusion, info.class_names)
-    if summary["examples"] != info.eval_examples:
-        raise RuntimeError(f"evaluation counted {summary['examples']} examples, the records "
-                           f"hold {info.eval_examples}")
-    return summary

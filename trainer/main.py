@@ -9,14 +9,11 @@ to any process stops the whole job at one step with a checkpoint, exit code 0; a
 loss stops it with exit code 3, keeping the last good checkpoint; bad flags or records exit 2.
 """
 
-import logging
 import sys
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
-from launch import host
 from trainer import cli
 from trainer import data
 from trainer import loop
@@ -30,8 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     cli.require("model_dir", *(["records"] if FLAGS.data == "records" else []))
-    threads = host.configure_threads()  # before TensorFlow's first op
-    tf.get_logger().setLevel(logging.WARNING)  # TF's INFO lines drown the metrics
+    threads = cli.start_process()
     try:
         data.describe(FLAGS.data, FLAGS.records, FLAGS.task, FLAGS.held_out_fold,
                       FLAGS.crop_size)

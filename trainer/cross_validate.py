@@ -1,0 +1,122 @@
+"""The paper's 5-fold protocol: train on four folds, test on the fifth, five times, and print
+exact and 1-off accuracy (center crop and 10-crop over-sampling) as mean +- std beside the
+published figures.
+
+  python -m trainer.cross_validate --records=runs/adience/records --model_dir=runs/cv \\
+      --recipe=paper
+  horovodrun -np 4 python -m trainer.cross_validate --records=... --model_dir=... --folds=0,1
+
+Fold k trains in MODEL_DIR/fold<k>; a rerun resumes an unfinished fold and re-evaluates the
+finished ones. A stop signal ends the whole run after saving the current fold (exit 0).
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from input import adience
+from trainer import checkpoint as checkpoint_lib
+from trainer import cli
+from trainer import data
+from trainer import evaluation
+from trainer import loop
+from trainer import strategy
+
+cli.define_job_flags()
+cli.define_training_flags()
+flags.DEFINE_list("folds", [str(fold) for fold in range(adience.FOLDS)],
+                  "The held-out folds to run.")
+FLAGS = flags.FLAGS
+RESULTS_FILE = "cross_validation.json"
+CROPS = (1, 10)
+# Levi & Hassner (2015), Tables 3 and 4: (mean, std) in percent; the 1-off of gender is n/a.
+PUBLISHED = {
+    "age": {1: {"accuracy": (49.5, 4.4), "accuracy_1off": (84.6, 1.7)},
+            10: {"accuracy": (50.7, 5.1), "accuracy_1off": (84.7, 2.2)}},
+    "gender": {1: {"accuracy": (85.9, 1.4)}, 10: {"accuracy": (86.8, 1.4)}},
+}
+
+
+def main(argv):
+    del argv
+    cli.require("model_dir", "records")
+    threads = cli.start_process()
+    folds = [int(fold) for fold in FLAGS.folds]
+    try:
+        configs = [cli.train_config(input_threads=threads["intra_op"], held_out_fold=fold,
+                                    model_dir=os.path.join(FLAGS.model_dir, f"fold{fold}"))
+                   for fold in folds]
+        for config in configs:  # every fold's records checked before the first one trains
+            data.describe("records", config.records, config.task, config.held_out_fold,
+                          config.crop_size)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return cli.ERROR_EXIT_CODE
+    backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
+    results = []
+    for config in configs:
+        keras.backend.clear_session()
+        try:
+            outcome = loop.train(config, backend)
+        except loop.NonFiniteLoss as error:
+            print(f"error: fold {config.held_out_fold}: {error}", file=sys.stderr, flush=True)
+            return loop.NON_FINITE_EXIT_CODE
+        if outcome["stopped_by"]:
+            return 0  # rerun to resume
+        results.append(_fold_result(backend, config, threads["intra_op"]))
+    if backend.is_chief:
+        with open(os.path.join(FLAGS.model_dir, RESULTS_FILE), "w") as f:
+            json.dump(results, f, indent=2)
+        print(table(results, configs[0].task), flush=True)
+    return 0
+
+
+def _fold_result(backend, config, threads):
+    """The fold's final checkpoint evaluated with the center crop and with 10 crops."""
+    run_info = checkpoint_lib.read_run(config.model_dir)
+    info = evaluation.held_out(run_info, config.records)
+    path = tf.train.latest_checkpoint(checkpoint_lib.checkpoint_dir(config.model_dir))
+    result = {"fold": config.held_out_fold, "examples": info.eval_examples, "checkpoint": path}
+    for crops in CROPS:
+        summary = evaluation.evaluate_checkpoint(backend, run_info, info, path,
+                                                 config.recipe.global_batch_size, crops, threads)
+        result[crops] = {key: summary[key] for key in ("accuracy", "accuracy_1off")}
+    return result
+
+
+def table(results, task):
+    """The paper's table: per fold, then mean +- std (sample std over folds) beside the paper."""
+    lines = [f"{'fold':>6} {'examples':>9} {'exact':>8} {'1-off':>8} {'exact-10':>9} "
+             f"{'1-off-10':>9}"]
+    for r in results:
+        lines.append(f"{r['fold']:>6} {r['examples']:>9} {_pct(r[1]['accuracy']):>8} "
+                     f"{_pct(r[1]['accuracy_1off']):>8} {_pct(r[10]['accuracy']):>9} "
+                     f"{_pct(r[10]['accuracy_1off']):>9}")
+    lines.append("")
+    lines.append(f"{task}, {len(results)} folds: ours (mean +- std)  vs  Levi & Hassner 2015")
+    for crops, name in ((1, "single crop"), (10, "over-sample")):
+        for metric, label in (("accuracy", "exact"), ("accuracy_1off", "1-off")):
+            values = [100 * r[crops][metric] for r in results]
+            published = PUBLISHED[task][crops].get(metric)
+            paper = f"{published[0]:.1f} +- {published[1]:.1f}" if published else "n/a"
+            lines.append(f"  {name:<12} {label:<6} {_mean_std(values):>15}   {paper:>13}")
+    return "\n".join(lines)
+
+
+def _mean_std(values):
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.1f} +- {std:.1f}"
+
+
+def _pct(value):
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+if __name__ == "__main__":
+    app.run(main)

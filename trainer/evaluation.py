@@ -1,0 +1,54 @@
+"""Evaluation on held-out records, shared by the training loop and trainer.evaluate.
+
+Each replica returns the confusion counts of its batch (padding masked out); the counts are
+summed over replicas and workers, then over batches, so that every held-out example counts
+exactly once under any strategy; the total is checked against the records' count.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data
+from trainer import metrics
+from trainer import models
+from trainer import steps
+
+
+def run(step_fn, dataset, eval_steps, info):
+    """Runs the evaluation steps of `dataset`; returns metrics.summarize of the summed counts."""
+    confusion = np.zeros((info.num_classes, info.num_classes), np.int64)
+    batches = iter(dataset)
+    for _ in range(eval_steps):
+        confusion += step_fn(next(batches)).numpy()
+    summary = metrics.summarize(confusion, info.class_names)
+    if summary["examples"] != info.eval_examples:
+        raise RuntimeError(f"evaluation counted {summary['examples']} examples, the records "
+                           f"hold {info.eval_examples}")
+    return summary
+
+
+def evaluate_checkpoint(backend, run_info, info, checkpoint_path, global_batch_size, crops,
+                        threads=None):
+    """The metrics of a checkpoint of the job described by `run_info` (its run.json)."""
+    with backend.scope():
+        # The mean image is a weight: built as zeros of its shape, filled by the restore.
+        model = models.build(run_info["model"], len(run_info["class_names"]),
+                             np.zeros(run_info["mean_shape"], np.float32),
+                             crop_size=run_info["crop_size"])
+    tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial()
+    dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, crops,
+                                            run_info["crop_size"], threads)
+    return run(steps.eval_step(backend, model, info.num_classes), dataset, eval_steps, info)
+
+
+def held_out(run_info, records, split=None):
+    """The data description of a job's evaluation on `records` (its held-out split, or
+    `split`); a clear ValueError for records of another task, size or class list."""
+    info = data.describe("records", records, run_info["task"], run_info["held_out_fold"],
+                         run_info["crop_size"])
+    if list(info.class_names) != run_info["class_names"]:
+        raise ValueError(f"{records} has classes {list(info.class_names)}, the model was "
+                         f"trained on {run_info['class_names']}")
+    if split:
+        info = data.replace_eval_splits(info, records, [split])
+    return info
