@@ -108,19 +108,27 @@ def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipeline
     default all cores: give a process that shares the host its share).
     """
     manifest = read_manifest(records_dir)
-    files = [os.path.join(records_dir, s["file"])
-             for s in pipeline_shards(manifest, split_names, num_pipelines, pipeline_index)]
+    shards = pipeline_shards(manifest, split_names, num_pipelines, pipeline_index)
+    files = [os.path.join(records_dir, s["file"]) for s in shards]
     parse = parser(manifest)
     records = interleave(files, deterministic)
     if cache:
         records = records.map(parse, num_parallel_calls=AUTOTUNE).cache()
-    stream = _epochs(records, seed, deterministic, shuffle_buffer)
-    stream = stream.enumerate().skip(start_step * per_replica_batch_size)
+    # Resuming: whole epochs are not read again, only the rest of the current one is skipped.
+    start = start_step * per_replica_batch_size
+    first_epoch, within_epoch = divmod(start, sum(s["examples"] for s in shards))
+    if not deterministic:
+        first_epoch, within_epoch = 0, 0  # a new random order anyway: nothing to skip
+    stream = _epochs(records, seed, deterministic, shuffle_buffer, first_epoch)
+    stream = stream.enumerate(start=start - within_epoch).skip(within_epoch)
 
     def augment(position, record):
         example = record if cache else parse(record)
-        window, offset, flipped = images.random_crop_and_flip(
-            example["image"], tf.stack([tf.cast(seed, tf.int64), position]), crop_size)
+        # Each pipeline its own crops: the same position on two workers is another example.
+        crop_seed = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.cast(seed, tf.int64), position]), pipeline_index)
+        window, offset, flipped = images.random_crop_and_flip(example["image"], crop_seed,
+                                                              crop_size)
         return {"image": window, "label": example["label"], "crop_offset": offset,
                 "flip": flipped}
 
@@ -185,7 +193,7 @@ def interleave(files, deterministic):
         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _epochs(records, seed, deterministic, shuffle_buffer):
+def _epochs(records, seed, deterministic, shuffle_buffer, first_epoch=0):
     if not deterministic:
         return records.shuffle(shuffle_buffer).repeat()
 
@@ -193,7 +201,7 @@ def _epochs(records, seed, deterministic, shuffle_buffer):
         epoch_seed = tf.cast(seed, tf.int64) * EPOCH_SEED_STRIDE + index
         return records.shuffle(shuffle_buffer, seed=epoch_seed)
 
-    return tf.data.Dataset.range(MAX_EPOCHS).flat_map(epoch)
+    return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(epoch)
 
 
 def _with_threads(dataset, threads):

@@ -112,6 +112,25 @@ def test_a_doubled_reduction_would_be_caught(python, tmp_path, one_device_runs):
     assert largest_difference(checkpoint_values(tmp_path), reference) > 100 * AGREEMENT
 
 
+def test_horovod_resume_broadcasts_rank_0s_state(python, horovodrun, tmp_path):
+    """Only rank 0 restores; after the broadcast both ranks go on from its step with its
+    weights and optimizer state: 4 steps then 4 more equal 8 steps on one device."""
+    flags = [*SAME_BATCHES[:-3], "--log_every=1", "--seed=3", *VARIANTS["plain"]]
+    whole = run(trainer(python, tmp_path / "one", "--strategy=one_device", *flags, "--steps=8"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    for steps in (4, 8):
+        result = run(horovod(horovodrun, trainer(python, tmp_path / "hvd", *flags,
+                                                 f"--steps={steps}")))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records_ = json_lines(result.stdout)
+    assert [(r["process"], r["step"]) for r in events(records_, "restored")] == [(0, 4)]
+    assert sorted((r["process"], r["step"]) for r in events(records_, "finished")) == [
+        (0, 8), (1, 8)]
+    assert largest_difference(checkpoint_values(tmp_path / "hvd"),
+                              checkpoint_values(tmp_path / "one")) <= AGREEMENT
+    assert list((tmp_path / "hvd/tensorboard/train").glob("events.out.tfevents.*"))
+
+
 RESUME = TINY + ["--steps=300", "--checkpoint_every=20", "--log_every=1", "--eval_every=150",
                  "--deterministic", "--dropout=0.3", "--seed=5"]
 
@@ -221,6 +240,19 @@ def test_xla_compiles_the_step(python, tmp_path):
                  env={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Compiled cluster using XLA" in result.stderr
+
+
+def test_resuming_a_folder_of_another_job_is_a_clear_error(python, tmp_path):
+    first = run(trainer(python, tmp_path, *SAME_BATCHES))
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = run(trainer(python, tmp_path, *SAME_BATCHES, "--precision=mixed_float16",
+                        "--steps=8"))
+    assert other.returncode == 2
+    assert "holds checkpoints of another job (precision: fp32 -> mixed_float16)" in other.stderr
+    longer = run(trainer(python, tmp_path, *SAME_BATCHES[:-1], "--seed=4", "--steps=8"))
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    warning = events(json_lines(longer.stdout), "warning")[0]["message"]
+    assert "resuming with other seed" in warning
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -39,6 +39,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class ResumeMismatch(ValueError):
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model_dir: str
@@ -79,22 +83,8 @@ def train(config, backend):
     keras.utils.set_random_seed(config.seed % GLOBAL_SEED_RANGE + 1)
     info = data.describe(config.data, config.records, config.task, config.held_out_fold,
                          config.crop_size)
-    recipe = config.recipe
-    global_batch_size = recipe.global_batch_size
-    if global_batch_size % backend.num_replicas:
-        raise ValueError(f"global batch {global_batch_size} does not split over "
-                         f"{backend.num_replicas} replicas")
-    steps_per_epoch = max(1, math.ceil(info.train_examples / global_batch_size))
-    total = recipes.total_steps(recipe, config.steps, config.epochs, info.train_examples,
-                                global_batch_size)
-    learning_rate = recipes.scaled_learning_rate(recipe, global_batch_size)
-    module = models.get(config.model)
-    with backend.scope():
-        model = models.build(config.model, info.num_classes, info.mean_image,
-                             **_model_options(config, recipe))
-        optimizer = recipes.optimizer(recipe, learning_rate, total, config.precision)
-        optimizer.build(model.trainable_variables)  # before a restore fills its slots
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    plan = _plan(config, backend, info)
+    model, optimizer, step = _build(config, backend, info, plan)
     checkpoints = checkpoint_lib.Checkpoints(
         # Keras 3 leaves its dropout seed generators out of the model's checkpoint graph: list
         # the non-trainable state explicitly, or a resumed job draws other dropout masks.
@@ -102,44 +92,88 @@ def train(config, backend):
                             model_state=list(model.non_trainable_variables)),
         config.model_dir,
         backend.checkpoint_write_dir(checkpoint_lib.checkpoint_dir(config.model_dir)))
-    restored = checkpoints.restore() if backend.restores_checkpoints() else None
-    backend.sync_variables(model.variables + optimizer.variables + [step])
-    first = int(step.numpy())
-
     writer = logs.MetricWriter(config.model_dir, backend.is_chief, backend.process_index)
-    run = _describe_run(config, backend, info, model, total, steps_per_epoch, learning_rate)
-    _announce_start(writer, backend, run, restored, first)
-    if backend.is_chief:
-        checkpoint_lib.write_run(config.model_dir, run)
-
+    run = _describe_run(config, backend, info, model, plan)
+    restored = None
+    if backend.restores_checkpoints() and checkpoints.latest():
+        _check_resumable(config.model_dir, run, writer)  # before a restore that would crash
+        restored = checkpoints.restore()
+    backend.sync_variables(model.variables + optimizer.variables + [step])
     stop = backend.stop_signal(checkpoints.checkpoint, checkpoints.directory,
                                save=lambda at: checkpoints.save(int(at)))
+    _announce_start(writer, run, restored, int(step.numpy()))
+    if backend.is_chief:
+        checkpoint_lib.write_run(config.model_dir, run)
+    try:
+        return _loop(config, backend, info, plan, model, optimizer, step, checkpoints, writer,
+                     stop)
+    finally:
+        backend.remove_temporary_checkpoints(checkpoints.directory)
+        writer.close()
+
+
+def _plan(config, backend, info):
+    """The values derived once from the config: batch sizes, steps and learning rate."""
+    recipe = config.recipe
+    global_batch_size = recipe.global_batch_size
+    if global_batch_size % backend.num_replicas:
+        raise ValueError(f"global batch {global_batch_size} does not split over "
+                         f"{backend.num_replicas} replicas")
+    steps_per_epoch = max(1, math.ceil(info.train_examples / global_batch_size))
+    return {"global_batch_size": global_batch_size,
+            "per_replica_batch_size": global_batch_size // backend.num_replicas,
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": recipes.total_steps(recipe, config.steps, config.epochs,
+                                               info.train_examples, global_batch_size),
+            "learning_rate": recipes.scaled_learning_rate(recipe, global_batch_size),
+            "eval_every": config.eval_every or steps_per_epoch}
+
+
+def _build(config, backend, info, plan):
+    """The model, its optimizer (built, so that a restore fills its slots) and the step."""
+    with backend.scope():
+        model = models.build(config.model, info.num_classes, info.mean_image,
+                             **_model_options(config))
+        optimizer = recipes.optimizer(config.recipe, plan["global_batch_size"],
+                                      plan["total_steps"], config.precision)
+        optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    return model, optimizer, step
+
+
+def _train_step(config, backend, info, plan, model, optimizer):
+    module = models.get(config.model)
+    recipe = config.recipe
     weight_decay = module.WEIGHT_DECAY if recipe.weight_decay is None else recipe.weight_decay
     decay_variables = module.decay_variables(model)
-    train_step = steps_lib.train_step(
-        backend, model, optimizer, global_batch_size, info.num_classes,
+    return steps_lib.train_step(
+        backend, model, optimizer, plan["global_batch_size"], info.num_classes,
         label_smoothing=recipe.label_smoothing,
         regularization=(lambda: module.caffe_l2(decay_variables, weight_decay))
         if weight_decay else None,
         lr_multipliers=module.lr_multipliers(model) if recipe.lr_multipliers else None,
         xla=config.xla)
-    batches = iter(data.train_batches(backend, info, global_batch_size, first, config.seed,
-                                      config.deterministic, config.crop_size, config.cache,
-                                      config.input_threads))
-    evaluator = _evaluator(config, backend, info, model, global_batch_size)
-    eval_every = config.eval_every or steps_per_epoch
 
-    window = _Window()
-    last_eval = None
-    stopped_by = None
+
+def _loop(config, backend, info, plan, model, optimizer, step, checkpoints, writer, stop):
+    first, total = int(step.numpy()), plan["total_steps"]
+    train_step = _train_step(config, backend, info, plan, model, optimizer)
+    batches = iter(data.train_batches(backend, info, plan["global_batch_size"], first,
+                                      config.seed, config.deterministic, config.crop_size,
+                                      config.cache, config.input_threads))
+    evaluator = _evaluator(config, backend, info, model, plan["global_batch_size"])
+    window, last_eval, stopped_by = _Window(), None, None
     for current in range(first + 1, total + 1):
         if stop.requested(current - 1):
             stopped_by = stop.received or "a signal to another process"
             break
+        learning_rate = float(optimizer.learning_rate)  # the rate this step uses
         started = time.perf_counter()
         result = train_step(next(batches))
         loss, correct = float(result["loss"]), float(result["correct"])
-        window.add(time.perf_counter() - started, global_batch_size, loss, correct)
+        # The first step of a process traces and compiles: not counted in images/s.
+        seconds = time.perf_counter() - started if current > first + 1 else None
+        window.add(seconds, plan["global_batch_size"], loss, correct, learning_rate)
         step.assign(current)
         if not math.isfinite(loss):
             writer.announce("non_finite_loss", step=current, loss=loss,
@@ -147,12 +181,12 @@ def train(config, backend):
             raise NonFiniteLoss(f"the loss is {loss} at step {current}: training stopped; the "
                                 f"last good checkpoint is {checkpoints.latest()}")
         if is_time(current, config.log_every, total):
-            writer.write(current, window.metrics(optimizer, backend.num_replicas))
+            writer.write(current, window.metrics(backend.num_replicas))
             window = _Window()
         if is_time(current, config.checkpoint_every, total):
             _check_finite(model, current)
             checkpoints.save(current)
-        if evaluator and is_time(current, eval_every, total):
+        if evaluator and is_time(current, plan["eval_every"], total):
             last_eval = evaluator(current, writer)
 
     final = int(step.numpy())
@@ -160,11 +194,34 @@ def train(config, backend):
         last_eval = evaluator(final, writer)
     _check_finite(model, final)
     checkpoints.save(final)
-    backend.remove_temporary_checkpoints(checkpoints.directory)
     writer.announce("stopped" if stopped_by else "finished", step=final, signal=stopped_by,
                     checkpoint=checkpoints.latest() if backend.is_chief else None)
-    writer.close()
     return {"step": final, "total_steps": total, "stopped_by": stopped_by, "eval": last_eval}
+
+
+# What a resumed job must share with the job that wrote the checkpoint, and what it should.
+MUST_MATCH = ("model", "task", "class_names", "crop_size", "mean_shape", "precision")
+EXACT_RESUME_NEEDS = ("global_batch_size", "processes", "replicas", "seed", "deterministic",
+                      "records", "held_out_fold")
+
+
+def _check_resumable(model_dir, run, writer):
+    """A clear error when the checkpoint is of another model or task (or precision, whose
+    optimizer state differs); a warning when the resumed job cannot be an exact one."""
+    try:
+        previous = checkpoint_lib.read_run(model_dir)
+    except FileNotFoundError:
+        return
+    clashes = {key: (previous.get(key), run[key]) for key in MUST_MATCH
+               if previous.get(key) != run[key]}
+    if clashes:
+        details = "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in clashes.items())
+        raise ResumeMismatch(f"{model_dir} holds checkpoints of another job ({details}): use "
+                             f"another --model_dir, or the same settings to resume")
+    changed = [key for key in EXACT_RESUME_NEEDS if previous.get(key) != run[key]]
+    if changed:
+        writer.announce("warning", message="resuming with other " + ", ".join(changed) +
+                        ": training goes on, but not exactly as the interrupted job would have")
 
 
 def _check_finite(model, step):
@@ -174,16 +231,16 @@ def _check_finite(model, step):
                             f"without saving them")
 
 
-def _model_options(config, recipe):
+def _model_options(config):
     options = {"crop_size": config.crop_size}
-    if recipe.dropout is not None:
-        options["dropout"] = recipe.dropout
+    if config.recipe.dropout is not None:
+        options["dropout"] = config.recipe.dropout
     if config.backbone_weights:
         options["weights"] = config.backbone_weights
     return options
 
 
-def _describe_run(config, backend, info, model, total, steps_per_epoch, learning_rate):
+def _describe_run(config, backend, info, model, plan):
     """What run.json records and the start line says: the derived values, computed once."""
     recipe = config.recipe
     return {
@@ -191,14 +248,11 @@ def _describe_run(config, backend, info, model, total, steps_per_epoch, learning
         "records": config.records and os.path.abspath(config.records),
         "held_out_fold": config.held_out_fold, "eval_splits": list(info.eval_splits),
         "class_names": list(info.class_names), "crop_size": config.crop_size,
-        "mean_shape": list(info.mean_image.shape),
-        "dropout": recipe.dropout, "recipe": dataclasses.asdict(recipe),
+        "mean_shape": list(info.mean_image.shape), "recipe": dataclasses.asdict(recipe),
         "strategy": backend.name, "processes": backend.num_processes,
-        "replicas": backend.num_replicas, "global_batch_size": recipe.global_batch_size,
-        "per_replica_batch_size": recipe.global_batch_size // backend.num_replicas,
+        "replicas": backend.num_replicas, **plan,
         "train_examples": info.train_examples, "eval_examples": info.eval_examples,
-        "steps_per_epoch": steps_per_epoch, "total_steps": total,
-        "learning_rate": learning_rate, "precision": config.precision, "xla": config.xla,
+        "precision": config.precision, "xla": config.xla,
         "deterministic": config.deterministic, "seed": config.seed,
         "compute_dtype": next(layer.compute_dtype for layer in model.layers
                               if getattr(layer, "kernel", None) is not None),
@@ -207,7 +261,7 @@ def _describe_run(config, backend, info, model, total, steps_per_epoch, learning
     }
 
 
-def _announce_start(writer, backend, run, restored, first):
+def _announce_start(writer, run, restored, first):
     writer.announce("start", host=socket.gethostname(), pid=os.getpid(),
                     devices=[d.name for d in tf.config.list_logical_devices()
                              if d.device_type in ("CPU", "GPU")], **run)
@@ -225,24 +279,32 @@ class _Window:
     """Sums over the steps since the last log line."""
 
     def __init__(self):
-        self.seconds = self.images = self.steps = 0
+        self.seconds = self.timed_images = self.timed_steps = self.images = self.steps = 0
         self.loss = self.correct = 0.0
+        self.learning_rate = None
 
-    def add(self, seconds, images, loss, correct):
-        self.seconds += seconds
+    def add(self, seconds, images, loss, correct, learning_rate):
+        if seconds is not None:
+            self.seconds += seconds
+            self.timed_images += images
+            self.timed_steps += 1
         self.images += images
         self.steps += 1
         self.loss += loss
         self.correct += correct
+        self.learning_rate = learning_rate
 
-    def metrics(self, optimizer, replicas):
-        images_per_sec = self.images / self.seconds if self.seconds else 0.0
-        return {"train/loss": self.loss / self.steps,
-                "train/accuracy": self.correct / self.images,
-                "train/learning_rate": float(optimizer.learning_rate),
-                "train/images_per_sec": images_per_sec,
-                "train/images_per_sec_per_replica": images_per_sec / replicas,
-                "train/step_seconds": self.seconds / self.steps}
+    def metrics(self, replicas):
+        """train/loss is the cross-entropy, without the L2 term."""
+        values = {"train/loss": self.loss / self.steps,
+                  "train/accuracy": self.correct / self.images,
+                  "train/learning_rate": self.learning_rate}
+        if self.seconds:
+            images_per_sec = self.timed_images / self.seconds
+            values.update({"train/images_per_sec": images_per_sec,
+                           "train/images_per_sec_per_replica": images_per_sec / replicas,
+                           "train/step_seconds": self.seconds / self.timed_steps})
+        return values
 
 
 def _evaluator(config, backend, info, model, global_batch_size):

@@ -3,7 +3,9 @@
 A recipe is the solver's settings; every one of them can be overridden by a flag. The learning
 rate is given at the recipe's reference batch size and scaled linearly with the global batch
 (Goyal et al. 2017), so that a job on 8 GPUs with 8x the batch keeps the same per-example step:
-the paper's 1e-3 at batch 50 becomes 8e-3 at batch 400.
+the paper's 1e-3 at batch 50 becomes 8e-3 at batch 400. Lengths given in steps (the paper's
+50,000 steps, its decay every 10,000) are steps at the reference batch too, and shrink with a
+larger batch, so that the job sees the same number of epochs.
 """
 
 import dataclasses
@@ -74,15 +76,21 @@ def total_steps(recipe, steps, epochs, train_examples, global_batch_size):
     epochs = epochs or recipe.epochs
     if epochs:
         return max(1, math.ceil(epochs * train_examples / global_batch_size))
-    return recipe.steps
+    return _at_batch(recipe, recipe.steps, global_batch_size)
 
 
-def schedule(recipe, peak_learning_rate, total):
+def _at_batch(recipe, reference_steps, global_batch_size):
+    """Steps at the reference batch -> steps at this batch, for the same examples seen."""
+    return max(1, round(reference_steps * recipe.reference_batch_size / global_batch_size))
+
+
+def schedule(recipe, global_batch_size, total):
     """The learning rate as a function of the optimizer's step."""
+    peak_learning_rate = scaled_learning_rate(recipe, global_batch_size)
     if recipe.schedule == "step":
         return keras.optimizers.schedules.ExponentialDecay(
-            peak_learning_rate, decay_steps=recipe.decay_every, decay_rate=recipe.decay_factor,
-            staircase=True)
+            peak_learning_rate, decay_rate=recipe.decay_factor, staircase=True,
+            decay_steps=_at_batch(recipe, recipe.decay_every, global_batch_size))
     warmup = int(recipe.warmup_fraction * total)
     # Keras warms up from initial_learning_rate to warmup_target, then decays over decay_steps.
     return keras.optimizers.schedules.CosineDecay(
@@ -91,9 +99,9 @@ def schedule(recipe, peak_learning_rate, total):
         warmup_steps=warmup)
 
 
-def optimizer(recipe, peak_learning_rate, total, precision):
+def optimizer(recipe, global_batch_size, total, precision):
     """SGD with momentum on the recipe's schedule; loss scaling under float16."""
-    sgd = keras.optimizers.SGD(schedule(recipe, peak_learning_rate, total),
+    sgd = keras.optimizers.SGD(schedule(recipe, global_batch_size, total),
                                momentum=recipe.momentum, nesterov=recipe.nesterov)
     if precision == "mixed_float16":
         # float16 gradients of small losses underflow: scale the loss up, the gradients down,

@@ -32,6 +32,7 @@ def train_step(backend, model, optimizer, global_batch_size, num_classes, label_
       "correct": correctly classified examples of the global batch}.
     """
     variables = model.trainable_variables
+    loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     multipliers = [(lr_multipliers or {}).get(v.path, 1.0) for v in variables]
 
     def forward_backward(features, labels):
@@ -57,6 +58,9 @@ def train_step(backend, model, optimizer, global_batch_size, num_classes, label_
     def replica_step(batch):
         grads, loss, correct = forward_backward(models.features(batch), batch["label"])
         grads = backend.reduce_gradients(grads)
+        if loss_scaling:  # every replica skips an overflowing step, or none does
+            finite = backend.all_finite(grads)
+            grads = [tf.where(finite, g, tf.fill(tf.shape(g), float("nan"))) for g in grads]
         grads = [g if m == 1.0 else g * m for g, m in zip(grads, multipliers)]
         optimizer.apply_gradients(zip(grads, variables))
         return {"loss": loss, "correct": correct}

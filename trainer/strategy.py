@@ -120,7 +120,9 @@ class TFDistributeBackend:
         """Where this process saves: the chief in `directory`, the others in a temporary one."""
         if self.is_chief:
             return directory
-        return os.path.join(os.path.dirname(directory), f"workertemp_{self.process_index}",
+        # TensorFlow's PreemptionCheckpointHandler uses (and deletes) this same folder.
+        task_id = self._strategy.cluster_resolver.task_id
+        return os.path.join(os.path.dirname(directory), f"workertemp_{task_id}",
                             os.path.basename(directory))
 
     def remove_temporary_checkpoints(self, directory):
@@ -157,6 +159,17 @@ class TFDistributeBackend:
 
     def reduce_gradients(self, grads):
         return grads  # Keras 3's apply_gradients sums across replicas itself.
+
+    def all_finite(self, grads):
+        """Whether every replica's gradients are finite, agreed by all replicas.
+
+        Keras 3's LossScaleOptimizer decides to skip a step from the gradients it is given,
+        assuming they are already summed; under tf.distribute they are not yet, so one
+        replica's overflow must be made every replica's (else: inf weights, or a hang).
+        """
+        bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.int32))
+                        for g in grads])
+        return self.all_reduce_sum(bad) == 0
 
     def all_reduce_sum(self, values):
         """Sums values across replicas, inside the replica function."""
@@ -233,6 +246,10 @@ class HorovodBackend:
 
     def reduce_gradients(self, grads):
         return self._hvd.grouped_allreduce(grads, op=self._hvd.Sum)
+
+    def all_finite(self, grads):
+        # Summed gradients are the same on every rank: so is this answer.
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
 
     def all_reduce_sum(self, values):
         return self._hvd.grouped_allreduce(values, op=self._hvd.Sum)

@@ -1,0 +1,60 @@
+"""The solvers: the paper's exactly, scaled to other batch sizes by the same examples seen."""
+
+import functools
+import math
+
+import pytest
+
+from trainer import recipes
+
+
+isclose = functools.partial(math.isclose, rel_tol=1e-6)  # float32 rates
+
+
+def rate(schedule, step):
+    return float(schedule(step))
+
+
+def test_the_paper_recipe_is_levi_and_hassners_solver():
+    paper = recipes.resolve("paper")
+    assert recipes.total_steps(paper, 0, 0, train_examples=10_000, global_batch_size=50) == 50_000
+    schedule = recipes.schedule(paper, 50, total=50_000)
+    assert isclose(rate(schedule, 0), 1e-3)
+    assert isclose(rate(schedule, 9_999), 1e-3)
+    assert isclose(rate(schedule, 10_000), 1e-4)
+    assert isclose(rate(schedule, 20_000), 1e-5, rel_tol=1e-5)
+    optimizer = recipes.optimizer(paper, 50, 50_000, "fp32")
+    assert optimizer.momentum == 0.9 and not optimizer.nesterov
+
+
+def test_a_larger_batch_scales_the_rate_and_shrinks_the_steps_alike():
+    paper = recipes.resolve("paper", global_batch_size=400)
+    assert recipes.total_steps(paper, 0, 0, 10_000, 400) == 6_250  # the same 2.5M examples
+    schedule = recipes.schedule(paper, 400, total=6_250)
+    assert isclose(rate(schedule, 1_249), 8e-3)
+    assert isclose(rate(schedule, 1_250), 8e-4)
+
+
+def test_steps_or_epochs_given_override_the_recipes_length():
+    paper = recipes.resolve("paper")
+    assert recipes.total_steps(paper, 123, 5, 10_000, 50) == 123
+    assert recipes.total_steps(paper, 0, 2, 1_000, 64) == 32  # ceil(2 * 1000 / 64)
+
+
+def test_the_modern_recipe_warms_up_then_decays_to_zero():
+    modern = recipes.resolve("modern")
+    schedule = recipes.schedule(modern, 256, total=1_000)  # peak 0.1 at 256; 50 warm-up steps
+    assert rate(schedule, 0) == 0.0
+    assert isclose(rate(schedule, 50), 0.1)
+    assert rate(schedule, 25) < rate(schedule, 50) > rate(schedule, 500) > rate(schedule, 999)
+    assert rate(schedule, 1_000) < 1e-6
+
+
+def test_overrides_and_unknown_names():
+    assert recipes.resolve("modern", label_smoothing=0.0, dropout=None).label_smoothing == 0.0
+    with pytest.raises(ValueError, match="unknown recipe 'fast'"):
+        recipes.resolve("fast")
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        recipes.resolve("paper", schedule="linear")
+    optimizer = recipes.optimizer(recipes.resolve("modern"), 64, 100, "mixed_float16")
+    assert optimizer.__class__.__name__ == "LossScaleOptimizer"
