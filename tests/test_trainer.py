@@ -141,7 +141,8 @@ def test_killed_job_resumes_to_the_weights_of_a_job_never_killed(python, records
 
     command = trainer(python, tmp_path / "killed", f"--records={records}", *RESUME)
     job = Watched(command)
-    job.wait_for(lambda j: (tmp_path / "killed/checkpoints/ckpt-20.index").exists())
+    # The index file is written after a checkpoint's files: it names a complete checkpoint.
+    job.wait_for(lambda j: (tmp_path / "killed/checkpoints/checkpoint").exists())
     job.process.send_signal(signal.SIGKILL)
     job.finish()
     saved = checkpoint_step(tmp_path / "killed")
