@@ -20,20 +20,40 @@ FLAGS = flags.FLAGS
 ERROR_EXIT_CODE = 2  # bad flags or records, found before any work
 
 
+# Flags of several entry points, each defined here once; an entry point picks its own.
+_SHARED_FLAGS = {
+    "records": lambda: flags.DEFINE_string("records", None, "Records folder built by "
+                                           "input.build."),
+    "model_dir": lambda: flags.DEFINE_string("model_dir", None, "The job's folder: "
+                                             "checkpoints, logs, run.json."),
+    "strategy": lambda: flags.DEFINE_enum(
+        "strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "horovod"],
+        "auto: horovod under horovodrun, multi_worker when TF_CONFIG names several workers, "
+        "mirrored with several GPUs, else one device."),
+    "logical_cpus": lambda: flags.DEFINE_integer(
+        "logical_cpus", 0, "With no GPU, split the CPU into this many devices (mirrored on one "
+        "machine, for tests and debugging)."),
+    "batch_size": lambda: flags.DEFINE_integer(
+        "batch_size", None, "Global batch size, over all replicas (default: the recipe's for "
+        "training, 50 for evaluation)."),
+    "eval_crops": lambda: flags.DEFINE_enum(
+        "eval_crops", "1", ["1", "10"], "The center crop, or the average of the paper's 10 "
+        "crops (corners, center and their mirrors)."),
+    "checkpoint": lambda: flags.DEFINE_string("checkpoint", None, "A checkpoint of the job "
+                                              "(default: its latest)."),
+}
+JOB_FLAGS = ("records", "model_dir", "strategy", "logical_cpus", "batch_size", "eval_crops")
+
+
+def define_flags(*names):
+    """Defines these shared flags (names of _SHARED_FLAGS) for the calling entry point."""
+    for name in names:
+        _SHARED_FLAGS[name]()
+
+
 def define_job_flags():
-    """Flags of every entry point that runs a model on records."""
-    flags.DEFINE_string("records", None, "Records folder built by input.build.")
-    flags.DEFINE_string("model_dir", None, "The job's folder: checkpoints, logs, run.json.")
-    flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
-                                           "horovod"],
-                      "auto: horovod under horovodrun, multi_worker when TF_CONFIG names several "
-                      "workers, mirrored with several GPUs, else one device.")
-    flags.DEFINE_integer("logical_cpus", 0, "With no GPU, split the CPU into this many devices "
-                         "(mirrored on one machine, for tests and debugging).")
-    flags.DEFINE_integer("batch_size", None, "Global batch size, over all replicas (default: "
-                         "the recipe's for training, 50 for evaluation).")
-    flags.DEFINE_enum("eval_crops", "1", ["1", "10"], "Evaluate on the center crop, or average "
-                      "the paper's 10 crops (corners, center and their mirrors).")
+    """The flags of every entry point that runs a model on records."""
+    define_flags(*JOB_FLAGS)
 
 
 def define_training_flags():

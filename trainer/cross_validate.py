@@ -32,6 +32,7 @@ cli.define_job_flags()
 cli.define_training_flags()
 flags.DEFINE_list("folds", [str(fold) for fold in range(adience.FOLDS)],
                   "The held-out folds to run.")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 RESULTS_FILE = "cross_validation.json"
 CROPS = (1, 10)

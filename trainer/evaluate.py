@@ -21,9 +21,10 @@ from trainer import metrics
 from trainer import strategy
 
 cli.define_job_flags()
+cli.define_flags("checkpoint")
 flags.DEFINE_string("split", None, "The records' split to evaluate (default: the job's "
                     "held-out split, e.g. fold0; 'test' for the 60/20/20 protocol).")
-flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 EVAL_BATCH_SIZE = 50  # the paper's batch; evaluation holds no gradients
 

@@ -21,6 +21,7 @@ from trainer import strategy
 
 cli.define_job_flags()
 cli.define_training_flags()
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 
