@@ -10,8 +10,9 @@
 # 3. sharded TFRecords of the paper's 5 folds, then verified against their manifest;
 # 4. the input benchmark: the tf.data pipeline against its roof and the naive way;
 # 5. a Horovod training run of the small ResNet (modern recipe) on 64x64 records of the same
-#    faces, fold 0 held out, then its 10-crop evaluation with the confusion matrix.
-# Export and the training benchmarks join as they are built.
+#    faces, fold 0 held out, then its 10-crop evaluation with the confusion matrix;
+# 6. its export as a SavedModel that takes image bytes, and a prediction on a few faces.
+# The training benchmarks join as they are built.
 # Knobs (environment): DEMO_DIR (runs/demo), ADIENCE_DIR, DEMO_SUBJECTS (synthetic albums),
 # DEMO_PROCESSES (2), DEMO_EPOCHS (30).
 set -euo pipefail
@@ -82,9 +83,21 @@ tf_quiet "$python" -m input.build --adience_dir "$adience_dir" --out_dir "$small
 step "Evaluation of the last checkpoint on the held-out fold 0, 10 crops"
 tf_quiet "$python" -m trainer.evaluate --model_dir="$model_dir" --eval_crops=10 | grep -v '^{'
 
+export_dir=$model_dir/export
+step "Export: a SavedModel that takes JPEG/PNG bytes: $export_dir"
+rm -rf "$export_dir"
+tf_quiet "$python" -m trainer.export --model_dir="$model_dir" --export_dir="$export_dir" | grep -v '^{'
+
+step "Prediction on a few held-out faces (fold 0), with the truth from the fold file"
+faces=$(awk -F'\t' 'NR > 1 && NR % 40 == 2 {print "'"$adience_dir"'/aligned/" $1 "/landmark_aligned_face." $3 "." $2 "\t" $4}' \
+  "$adience_dir/fold_0_data.txt" | head -n 4)
+echo "$faces" | awk -F'\t' '{print "truth " $2 ": " $1}'
+tf_quiet "$python" -m trainer.predict --saved_model="$export_dir" $(echo "$faces" | cut -f1)
+
 step "Written"
 echo "synthetic Adience tree: $adience_dir"
 echo "records and manifest:   $records (256x256), $small_records (64x64)"
 echo "training job:           $model_dir (checkpoints/, metrics.jsonl, run.json)"
+echo "SavedModel:             $export_dir"
 echo "TensorBoard:            .venv/bin/tensorboard --logdir $model_dir/tensorboard"
 echo "Next: bash launch/test.sh runs the test suite."
