@@ -74,7 +74,7 @@ model_dir=$demo_dir/resnet
 step "Training: the small ResNet, modern recipe, Horovod over $processes processes, 56x56 crops of 64x64 records"
 rm -rf "$small_records" "$model_dir"
 tf_quiet "$python" -m input.build --adience_dir "$adience_dir" --out_dir "$small_records" \
-  --workers "$processes" --image_size 64 | tail -n 1
+  --workers "$processes" --image_size 64 | grep '^wrote'
 "$horovodrun" --gloo -np "$processes" -H "localhost:$processes" \
   "$python" -m trainer.main --records="$small_records" --model_dir="$model_dir" --model=resnet \
   --recipe=modern --crop_size=56 --epochs="${DEMO_EPOCHS:-30}" --log_every=100 \

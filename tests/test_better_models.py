@@ -14,6 +14,7 @@ from keras.src.legacy.saving import legacy_h5_format
 from trainer import models
 from trainer.models import mean_window
 from trainer.models import mobilenet_v2
+from trainer.models import nesting
 
 BETTER = ("levi_hassner_bn", "resnet", "mobilenet_v2")
 CLASSES = 8
@@ -65,7 +66,7 @@ def mixed_bfloat16():
 def test_logits_stay_float32_under_mixed_bfloat16(name, mixed_bfloat16):
     rng = np.random.default_rng(1)
     model = models.build(name, CLASSES, random_mean(rng), crop_size=CROP)
-    kernel_layers = [layer for layer in all_layers(model)
+    kernel_layers = [layer for layer in nesting.all_layers(model)
                      if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
     assert {layer.compute_dtype for layer in kernel_layers} == {"bfloat16"}
     logits = model(mean_window.features(random_batch(rng)), training=True)
@@ -104,7 +105,7 @@ def test_decay_on_every_kernel_and_nothing_else(name):
     decayed = {v.path for v in module.decay_variables(model)}
     kernels = {v.path for v in model.trainable_variables if v.name == "kernel"}
     assert decayed == kernels
-    convolutions = [layer for layer in all_layers(model)
+    convolutions = [layer for layer in nesting.all_layers(model)
                     if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
     assert {layer.kernel.path for layer in convolutions} | {"fc8/kernel"} == decayed
     assert not [path for path in decayed if re.search("gamma|beta|bias|moving", path)]
@@ -160,11 +161,3 @@ def test_mobilenet_v2_missing_weights_file(tmp_path):
     path = str(tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
     with pytest.raises(FileNotFoundError, match=re.escape(path)):
         models.build("mobilenet_v2", CLASSES, None, crop_size=CROP, weights=path)
-
-
-def all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from all_layers(layer)
-        else:
-            yield layer

@@ -14,12 +14,12 @@ levi_hassner is the published network; levi_hassner_bn, resnet and mobilenet_v2 
 tests.
 """
 
-import keras
 import numpy as np
 
 from trainer.models import levi_hassner
 from trainer.models import levi_hassner_bn
 from trainer.models import mobilenet_v2
+from trainer.models import nesting
 from trainer.models import resnet
 from trainer.models import tiny
 from trainer.models.mean_window import INPUT_KEYS, features  # noqa: F401
@@ -58,18 +58,9 @@ def flops_per_image(model):
     Nested models (a keras.applications backbone) are walked into.
     """
     multiply_adds = 0
-    for layer in _layers(model):
+    for layer in nesting.all_layers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None:
             positions = np.prod(layer.output.shape[1:-1], dtype=np.int64)  # 1 for a Dense
             multiply_adds += int(np.prod(kernel.shape, dtype=np.int64) * positions)
     return 2 * multiply_adds
-
-
-def _layers(model):
-    """The model's layers, with nested models walked into."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer

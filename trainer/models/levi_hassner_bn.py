@@ -35,6 +35,7 @@ import keras
 from input import images
 from trainer.models import levi_hassner
 from trainer.models import mean_window
+from trainer.models import nesting
 
 caffe_l2 = levi_hassner.caffe_l2  # the same L2 term; only the decayed variables differ
 
@@ -90,19 +91,11 @@ def _pool(name):
 
 def decay_variables(model):
     """Every convolution's and dense layer's kernel, those of nested models included."""
-    return [layer.kernel for layer in _layers(model) if isinstance(layer, KERNEL_LAYERS)]
+    return [layer.kernel for layer in nesting.all_layers(model)
+            if isinstance(layer, KERNEL_LAYERS)]
 
 
 def lr_multipliers(model):
     """No multipliers: every variable learns at the scheduled rate (the paper's 2x / 10x were
     for Caffe's unnormalised network and its freshly initialised head)."""
     return {}
-
-
-def _layers(model):
-    """The model's layers, with a nested model (a keras.applications backbone) walked into."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
