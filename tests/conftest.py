@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -107,6 +108,16 @@ def python():
 @pytest.fixture(scope="session")
 def horovodrun():
     return VENV_BIN / "horovodrun"
+
+
+def random_batch(rng, size, record_size, crop_size, num_classes=8):
+    """A pipeline-like batch of random crops of record_size images, with labels."""
+    return {
+        "image": rng.integers(0, 256, (size, crop_size, crop_size, 3), dtype=np.uint8),
+        "crop_offset": rng.integers(0, record_size - crop_size + 1, (size, 2)).astype(np.int32),
+        "flip": rng.random(size) < 0.5,
+        "label": rng.integers(0, num_classes, size).astype(np.int32),
+    }
 
 
 # A small synthetic Adience tree and its records, built once for the session. Small images

@@ -11,6 +11,7 @@ import tensorflow as tf
 # Keras 3 writes the legacy HDF5 weights format (that of Keras' ImageNet files) only here.
 from keras.src.legacy.saving import legacy_h5_format
 
+import conftest
 from trainer import models
 from trainer.models import mean_window
 from trainer.models import mobilenet_v2
@@ -25,12 +26,7 @@ MOBILENET_V2_MULTIPLY_ADDS = 300e6  # Sandler et al. 2018, Table 4: width 1.0 at
 
 
 def random_batch(rng, size=BATCH):
-    return {
-        "image": rng.integers(0, 256, (size, CROP, CROP, 3), dtype=np.uint8),
-        "crop_offset": rng.integers(0, RECORD - CROP + 1, (size, 2)).astype(np.int32),
-        "flip": rng.random(size) < 0.5,
-        "label": rng.integers(0, CLASSES, size).astype(np.int32),
-    }
+    return conftest.random_batch(rng, size, RECORD, CROP, CLASSES)
 
 
 def random_mean(rng):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
 from trainer import models
 from trainer.models import levi_hassner
 from trainer.models import mean_window
@@ -22,12 +23,7 @@ def paper_model():
 
 
 def random_batch(rng, size, record=RECORD, crop=CROP):
-    return {
-        "image": rng.integers(0, 256, (size, crop, crop, 3), dtype=np.uint8),
-        "crop_offset": rng.integers(0, record - crop + 1, (size, 2)).astype(np.int32),
-        "flip": rng.random(size) < 0.5,
-        "label": rng.integers(0, PAPER_CLASSES, size).astype(np.int32),
-    }
+    return conftest.random_batch(rng, size, record, crop, PAPER_CLASSES)
 
 
 def trainable_parameters(model):

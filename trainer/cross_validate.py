@@ -65,12 +65,9 @@ def main(argv):
         keras.backend.clear_session()
         try:
             outcome = loop.train(config, backend)
-        except loop.ResumeMismatch as error:
+        except loop.TrainingError as error:
             print(f"error: fold {config.held_out_fold}: {error}", file=sys.stderr, flush=True)
-            return cli.ERROR_EXIT_CODE
-        except loop.NonFiniteLoss as error:
-            print(f"error: fold {config.held_out_fold}: {error}", file=sys.stderr, flush=True)
-            return loop.NON_FINITE_EXIT_CODE
+            return error.exit_code
         if outcome["stopped_by"]:
             return 0  # rerun to resume
         results.append(_fold_result(backend, config, threads["intra_op"]))

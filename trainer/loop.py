@@ -32,15 +32,19 @@ from trainer import steps as steps_lib
 PRECISIONS = {"fp32": "float32", "mixed_float16": "mixed_float16",
               "mixed_bfloat16": "mixed_bfloat16"}
 GLOBAL_SEED_RANGE = 2**31 - 2
-NON_FINITE_EXIT_CODE = 3  # a non-finite loss; a stop by SIGTERM/SIGINT exits 0
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class TrainingError(Exception):
+    """A job that cannot go on; the entry point prints it and exits with `exit_code`."""
+    exit_code = 1
 
 
-class ResumeMismatch(ValueError):
-    pass
+class NonFiniteLoss(TrainingError):
+    exit_code = 3  # the last good checkpoint is kept; a stop by SIGTERM/SIGINT exits 0
+
+
+class ResumeMismatch(TrainingError):
+    exit_code = 2  # like bad flags: found before any training
 
 
 @dataclasses.dataclass(frozen=True)

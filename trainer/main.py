@@ -39,12 +39,9 @@ def main(argv):
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
     try:
         loop.train(config, backend)
-    except loop.ResumeMismatch as error:
+    except loop.TrainingError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
-        return cli.ERROR_EXIT_CODE
-    except loop.NonFiniteLoss as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return loop.NON_FINITE_EXIT_CODE
+        return error.exit_code
     return 0
 
 
