@@ -120,6 +120,29 @@ def random_batch(rng, size, record_size, crop_size, num_classes=8):
     }
 
 
+def training_losses(model, module, batch, steps, compiled=True):
+    """The losses of `steps` SGD steps on one batch, with the model module's L2 term."""
+    import keras
+    import tensorflow as tf
+
+    from trainer.models import mean_window
+
+    features = mean_window.features(batch)
+    optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(batch["label"], model(features, training=True))
+            total = loss + module.caffe_l2(module.decay_variables(model), module.WEIGHT_DECAY)
+        optimizer.apply_gradients(zip(tape.gradient(total, model.trainable_variables),
+                                      model.trainable_variables))
+        return loss
+
+    step = tf.function(step) if compiled else step
+    return [float(step()) for _ in range(steps)]
+
+
 # A small synthetic Adience tree and its records, built once for the session. Small images
 # (records of 64x64, crops of 56) keep the suite fast; the code paths are the full-size ones.
 TINY_RECORD_SIZE = 64

@@ -176,20 +176,7 @@ def test_tiny_model_has_the_same_interface_and_trains():
     assert set(tiny.lr_multipliers(model)) == {v.path for v in model.trainable_variables}
 
     batch = random_batch(rng, 16)
-    features = mean_window.features(batch)
-    optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = cross_entropy(batch["label"], model(features, training=True))
-            total = loss + tiny.caffe_l2(tiny.decay_variables(model), tiny.WEIGHT_DECAY)
-        optimizer.apply_gradients(zip(tape.gradient(total, model.trainable_variables),
-                                      model.trainable_variables))
-        return loss
-
-    losses = [float(step()) for _ in range(30)]
+    losses = conftest.training_losses(model, tiny, batch, 30)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
