@@ -100,6 +100,18 @@ def json_lines(text):
     return found
 
 
+@pytest.fixture
+def mixed_bfloat16():
+    """Keras' global policy mixed_bfloat16 for one test, float32 again after it."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def python():
     return sys.executable

@@ -49,15 +49,6 @@ def test_float32_logits_for_every_crop(name):
     assert np.all(np.isfinite(logits.numpy()))
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("name", BETTER)
 def test_logits_stay_float32_under_mixed_bfloat16(name, mixed_bfloat16):
     rng = np.random.default_rng(1)

@@ -144,15 +144,6 @@ def test_no_mean_image_subtracts_nothing():
                                   batch["image"].astype(np.float32))
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def test_mixed_bfloat16_runs_on_cpu(mixed_bfloat16):
     model = models.build("levi_hassner", PAPER_CLASSES, np.zeros((RECORD, RECORD, 3), np.float32),
                          crop_size=CROP)
