@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Starts a training job: prints the command it runs, then runs it (see launch/launcher.py).
+#
+#   bash launch/multi_node.sh --hosts=host1:4,host2:4 --records=... --model_dir=...
+#   bash launch/multi_node.sh --hostfile=hosts.txt --network_interface=eth0 --controller=mpi ...
+#   bash launch/multi_node.sh --hosts=host1:4,host2:4 --backend=tf --records=... --model_dir=...
+#
+# Horovod (default): one process per slot, horovodrun -H over ssh. --backend=tf: one
+# MultiWorkerMirroredStrategy worker per host with a generated TF_CONFIG (ports from
+# --base_port), over ssh; a host named localhost or 127.0.0.1 runs here. The repository, its
+# .venv and the records must be at the same path on every host. --dry_run prints the commands.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+exec "$root/.venv/bin/python" -m launch.launcher multi_node "$@"

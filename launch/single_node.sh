@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Starts a training job: prints the command it runs, then runs it (see launch/launcher.py).
+#
+#   bash launch/single_node.sh --records=runs/demo/records --model_dir=runs/job --model=resnet
+#   bash launch/single_node.sh --mode=mirrored --records=... --model_dir=...
+#   bash launch/single_node.sh --np 2 --records=... --model_dir=...   # CPU: 2 Gloo processes
+#
+# With GPUs: horovodrun with one process per GPU (default) or one --strategy=mirrored process.
+# Without: one process, or --np N Horovod processes over Gloo, threads split between them.
+# Every other flag goes to trainer.main.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+exec "$root/.venv/bin/python" -m launch.launcher single_node "$@"
