@@ -77,8 +77,21 @@ def is_time(step, every, total):
     return step == total or (every > 0 and step % every == 0)
 
 
-def train(config, backend):
-    """Trains (or resumes) the job of `config` under `backend`; returns a summary dict."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a training run computes with: the data's description, the values derived from
+    the config, the model, its optimizer and the step counter."""
+    config: TrainConfig
+    backend: object
+    info: data.DataInfo
+    plan: dict
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+
+
+def prepare(config, backend):
+    """Sets the process's precision and seeds, then builds the job (nothing restored yet)."""
     keras.mixed_precision.set_global_policy(PRECISIONS[config.precision])
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -89,28 +102,55 @@ def train(config, backend):
                          config.crop_size)
     plan = _plan(config, backend, info)
     model, optimizer, step = _build(config, backend, info, plan)
+    return Job(config, backend, info, plan, model, optimizer, step)
+
+
+def train_step(job):
+    """The job's distributed training step: batch -> {"loss", "correct"} summed globally."""
+    config, module, recipe = job.config, models.get(job.config.model), job.config.recipe
+    weight_decay = module.WEIGHT_DECAY if recipe.weight_decay is None else recipe.weight_decay
+    decay_variables = module.decay_variables(job.model)
+    return steps_lib.train_step(
+        job.backend, job.model, job.optimizer, job.plan["global_batch_size"],
+        job.info.num_classes, label_smoothing=recipe.label_smoothing,
+        regularization=(lambda: module.caffe_l2(decay_variables, weight_decay))
+        if weight_decay else None,
+        lr_multipliers=module.lr_multipliers(job.model) if recipe.lr_multipliers else None,
+        xla=config.xla)
+
+
+def batches(job, first_step):
+    """The job's training batches from `first_step` on."""
+    config = job.config
+    return iter(data.train_batches(job.backend, job.info, job.plan["global_batch_size"],
+                                   first_step, config.seed, config.deterministic,
+                                   config.crop_size, config.cache, config.input_threads))
+
+
+def train(config, backend):
+    """Trains (or resumes) the job of `config` under `backend`; returns a summary dict."""
+    job = prepare(config, backend)
     checkpoints = checkpoint_lib.Checkpoints(
         # Keras 3 leaves its dropout seed generators out of the model's checkpoint graph: list
         # the non-trainable state explicitly, or a resumed job draws other dropout masks.
-        tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                            model_state=list(model.non_trainable_variables)),
+        tf.train.Checkpoint(model=job.model, optimizer=job.optimizer, step=job.step,
+                            model_state=list(job.model.non_trainable_variables)),
         config.model_dir,
         backend.checkpoint_write_dir(checkpoint_lib.checkpoint_dir(config.model_dir)))
     writer = logs.MetricWriter(config.model_dir, backend.is_chief, backend.process_index)
-    run = _describe_run(config, backend, info, model, plan)
+    run = _describe_run(job)
     restored = None
     if backend.restores_checkpoints() and checkpoints.latest():
         _check_resumable(config.model_dir, run, writer)  # before a restore that would crash
         restored = checkpoints.restore()
-    backend.sync_variables(model.variables + optimizer.variables + [step])
+    backend.sync_variables(job.model.variables + job.optimizer.variables + [job.step])
     stop = backend.stop_signal(checkpoints.checkpoint, checkpoints.directory,
                                save=lambda at: checkpoints.save(int(at)))
-    _announce_start(writer, run, restored, int(step.numpy()))
+    _announce_start(writer, run, restored, int(job.step.numpy()))
     if backend.is_chief:
         checkpoint_lib.write_run(config.model_dir, run)
     try:
-        return _loop(config, backend, info, plan, model, optimizer, step, checkpoints, writer,
-                     stop)
+        return _loop(job, checkpoints, writer, stop)
     finally:
         backend.remove_temporary_checkpoints(checkpoints.directory)
         writer.close()
@@ -145,27 +185,12 @@ def _build(config, backend, info, plan):
     return model, optimizer, step
 
 
-def _train_step(config, backend, info, plan, model, optimizer):
-    module = models.get(config.model)
-    recipe = config.recipe
-    weight_decay = module.WEIGHT_DECAY if recipe.weight_decay is None else recipe.weight_decay
-    decay_variables = module.decay_variables(model)
-    return steps_lib.train_step(
-        backend, model, optimizer, plan["global_batch_size"], info.num_classes,
-        label_smoothing=recipe.label_smoothing,
-        regularization=(lambda: module.caffe_l2(decay_variables, weight_decay))
-        if weight_decay else None,
-        lr_multipliers=module.lr_multipliers(model) if recipe.lr_multipliers else None,
-        xla=config.xla)
-
-
-def _loop(config, backend, info, plan, model, optimizer, step, checkpoints, writer, stop):
+def _loop(job, checkpoints, writer, stop):
+    config, backend, plan, model, optimizer, step = (job.config, job.backend, job.plan,
+                                                     job.model, job.optimizer, job.step)
     first, total = int(step.numpy()), plan["total_steps"]
-    train_step = _train_step(config, backend, info, plan, model, optimizer)
-    batches = iter(data.train_batches(backend, info, plan["global_batch_size"], first,
-                                      config.seed, config.deterministic, config.crop_size,
-                                      config.cache, config.input_threads))
-    evaluator = _evaluator(config, backend, info, model, plan["global_batch_size"])
+    run_step, stream = train_step(job), batches(job, first)
+    evaluator = _evaluator(config, backend, job.info, model, plan["global_batch_size"])
     window, last_eval, stopped_by = _Window(), None, None
     for current in range(first + 1, total + 1):
         if stop.requested(current - 1):
@@ -173,7 +198,7 @@ def _loop(config, backend, info, plan, model, optimizer, step, checkpoints, writ
             break
         learning_rate = float(optimizer.learning_rate)  # the rate this step uses
         started = time.perf_counter()
-        result = train_step(next(batches))
+        result = run_step(next(stream))
         loss, correct = float(result["loss"]), float(result["correct"])
         # The first step of a process traces and compiles: not counted in images/s.
         seconds = time.perf_counter() - started if current > first + 1 else None
@@ -244,8 +269,9 @@ def _model_options(config):
     return options
 
 
-def _describe_run(config, backend, info, model, plan):
+def _describe_run(job):
     """What run.json records and the start line says: the derived values, computed once."""
+    config, backend, info, model = job.config, job.backend, job.info, job.model
     recipe = config.recipe
     return {
         "model": config.model, "task": config.task, "data": config.data,
@@ -254,7 +280,7 @@ def _describe_run(config, backend, info, model, plan):
         "class_names": list(info.class_names), "crop_size": config.crop_size,
         "mean_shape": list(info.mean_image.shape), "recipe": dataclasses.asdict(recipe),
         "strategy": backend.name, "processes": backend.num_processes,
-        "replicas": backend.num_replicas, **plan,
+        "replicas": backend.num_replicas, **job.plan,
         "train_examples": info.train_examples, "eval_examples": info.eval_examples,
         "precision": config.precision, "xla": config.xla,
         "deterministic": config.deterministic, "seed": config.seed,

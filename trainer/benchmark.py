@@ -1,0 +1,226 @@
+"""Training throughput, measured the way tf_cnn_benchmarks does, with the real training step.
+
+  python -m trainer.benchmark --records=runs/demo/records --out_dir=runs/benchmark
+  python -m trainer.benchmark --data=synthetic,records --xla=false,true \\
+      --precisions=fp32,mixed_bfloat16 --batch_sizes=32,64 --models=levi_hassner,resnet \\
+      --distributions=one_device,horovod:2,mirrored:2
+
+Every cell of the matrix runs in its own process(es), one cell at a time: warm-up steps are
+excluded, then images/s is the median of timed windows (min and max beside it). A cell reuses
+trainer.loop's job and step; only the data source differs between "synthetic" (in-memory
+batches) and "records" (the real pipeline). Each cell also reports its achieved FLOP/s (3x the
+model's forward FLOPs per trained image) against the machine's roof: the faster of a big matmul
+and the model's largest convolution, measured in the same process. The table and the ratios
+that matter go to stdout, one JSON line per cell to OUT_DIR/benchmark.jsonl.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from trainer import cli
+
+cli.define_flags("records", "logical_cpus")
+flags.DEFINE_string("out_dir", "runs/benchmark", "Where benchmark.jsonl is written.")
+flags.DEFINE_list("models", ["levi_hassner"], "Models to measure.")
+flags.DEFINE_list("batch_sizes", ["32"], "Global batch sizes.")
+flags.DEFINE_list("precisions", ["fp32"], "fp32, mixed_float16, mixed_bfloat16.")
+flags.DEFINE_list("xla", ["false"], "false and/or true.")
+flags.DEFINE_list("data", ["synthetic", "records"], "synthetic (in memory) and/or records.")
+flags.DEFINE_list("distributions", ["one_device"], "one_device, horovod:N (N processes over "
+                  "Gloo on this host), mirrored:N (N logical devices without a GPU).")
+flags.DEFINE_integer("crop_size", 227, "Crop side.")
+flags.DEFINE_integer("warmup_steps", 5, "Steps before timing (tracing, autotuning).")
+flags.DEFINE_integer("window_steps", 5, "Steps per timed window.")
+flags.DEFINE_integer("windows", 5, "Timed windows per cell.")
+flags.DEFINE_string("cell", None, "Internal: measure this one cell (JSON) and print it.")
+flags.adopt_module_key_flags(cli)
+FLAGS = flags.FLAGS
+RESULT_PREFIX = "BENCHMARK_CELL "  # marks a cell's result line in its process's output
+ROOF_MATMUL = 2048  # a 4096 matmul is slower per FLOP than 2048 on these CPUs (FACTS.md)
+ROOF_REPEATS = 5
+CELL_KEYS = ("model", "global_batch_size", "precision", "xla", "data", "distribution")
+
+
+def matrix():
+    """Every cell of the matrix the flags ask for, as plain dicts."""
+    return [{"model": model, "global_batch_size": int(batch), "precision": precision,
+             "xla": xla == "true", "data": source, "distribution": distribution,
+             "crop_size": FLAGS.crop_size, "records": FLAGS.records}
+            for model in FLAGS.models for batch in FLAGS.batch_sizes
+            for precision in FLAGS.precisions for xla in FLAGS.xla for source in FLAGS.data
+            for distribution in FLAGS.distributions]
+
+
+def cell_command(cell, timing):
+    """The command that measures one cell: this module in --cell mode, under horovodrun for
+    horovod:N."""
+    strategy, _, count = cell["distribution"].partition(":")
+    command = [sys.executable, "-m", "trainer.benchmark", f"--cell={json.dumps(cell)}",
+               *(f"--{key}={value}" for key, value in timing.items())]
+    if strategy == "horovod":
+        horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+        return [horovodrun, "--gloo", "-np", count, "-H", f"localhost:{count}", *command]
+    if strategy == "mirrored":
+        return command + [f"--logical_cpus={count}"]
+    return command
+
+
+def run_cell(cell, timing):
+    """Measures one cell in new processes; returns its result (rank 0's) or its error."""
+    result = subprocess.run(cell_command(cell, timing), capture_output=True, text=True)
+    for line in result.stdout.splitlines():
+        if RESULT_PREFIX in line:
+            measured = json.loads(line.split(RESULT_PREFIX, 1)[1])
+            if measured.get("process", 0) == 0:
+                return measured
+    return {**cell, "error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def measure(cell, warmup_steps, window_steps, windows, threads):
+    """Runs in the cell's process: the real job and step, timed after warm-up."""
+    from trainer import loop
+    from trainer import models
+    from trainer import recipes
+    from trainer import strategy
+
+    strategy_name = cell["distribution"].partition(":")[0]
+    backend = strategy.create(strategy_name, logical_cpus=FLAGS.logical_cpus)
+    config = loop.TrainConfig(
+        model_dir="", records=cell["records"], model=cell["model"], data=cell["data"],
+        recipe=recipes.resolve("paper", global_batch_size=cell["global_batch_size"]),
+        crop_size=cell["crop_size"], precision=cell["precision"], xla=cell["xla"],
+        input_threads=threads)
+    job = loop.prepare(config, backend)
+    step, stream = loop.train_step(job), loop.batches(job, 0)
+    for _ in range(warmup_steps):
+        float(step(next(stream))["loss"])
+    rates = []
+    for _ in range(windows):
+        started = time.perf_counter()
+        for _ in range(window_steps):
+            loss = step(next(stream))["loss"]
+        float(loss)  # the window ends when its last step has
+        rates.append(window_steps * cell["global_batch_size"] / (time.perf_counter() - started))
+    images_per_sec = statistics.median(rates)
+    flops_per_image = models.flops_per_image(job.model)
+    roof = measure_roof(job.model, cell["global_batch_size"] // backend.num_replicas)
+    # The processes of a job measure their roofs at the same time, each on its share of the
+    # cores: the machine's roof is their sum.
+    roof = {key: value * backend.num_processes for key, value in roof.items()}
+    achieved = 3 * flops_per_image * images_per_sec  # forward + backward (2x forward)
+    return {**cell, "process": backend.process_index, "replicas": backend.num_replicas,
+            "images_per_sec": images_per_sec, "min": min(rates), "max": max(rates),
+            "images_per_sec_per_replica": images_per_sec / backend.num_replicas,
+            "flops_per_image": flops_per_image, "achieved_flops": achieved, **roof,
+            "fraction_of_roof": achieved / roof["roof_flops"]}
+
+
+def measure_roof(model, batch_size):
+    """FLOP/s of a ROOF_MATMUL matmul and of the model's largest convolution (forward), in
+    this process; the roof is the faster. On one machine the processes share it."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer.models import nesting
+
+    def rate(fn, flops):
+        fn()  # trace and warm up
+        started = time.perf_counter()
+        for _ in range(ROOF_REPEATS):
+            result = fn()
+        float(tf.reduce_sum(result))
+        return ROOF_REPEATS * flops / (time.perf_counter() - started)
+
+    square = tf.random.normal([ROOF_MATMUL, ROOF_MATMUL])
+    matmul = rate(tf.function(lambda: tf.matmul(square, square)), 2 * ROOF_MATMUL ** 3)
+    convolutions = [layer for layer in nesting.all_layers(model)
+                    if isinstance(layer, keras.layers.Conv2D)]
+    conv = 0.0
+    if convolutions:
+        def cost(layer):
+            return np.prod(layer.kernel.shape) * np.prod(layer.output.shape[1:-1])
+        largest = max(convolutions, key=cost)
+        inputs = tf.random.normal([batch_size, *largest.input.shape[1:]])
+        conv = rate(tf.function(lambda: largest(inputs)), 2 * batch_size * cost(largest))
+    return {"roof_matmul_flops": matmul, "roof_conv_flops": conv,
+            "roof_flops": max(matmul, conv)}
+
+
+def table(results):
+    header = (f"{'model':<14} {'batch':>5} {'precision':<15} {'xla':<5} {'data':<9} "
+              f"{'distribution':<12} {'images/s':>9} {'min':>7} {'max':>7} {'% roof':>7}")
+    lines = [header]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['model']:<14} {r['global_batch_size']:>5} {r['precision']:<15} "
+                         f"{str(r['xla']):<5} {r['data']:<9} {r['distribution']:<12} "
+                         f"error: {r['error']}")
+            continue
+        lines.append(f"{r['model']:<14} {r['global_batch_size']:>5} {r['precision']:<15} "
+                     f"{str(r['xla']):<5} {r['data']:<9} {r['distribution']:<12} "
+                     f"{r['images_per_sec']:>9.1f} {r['min']:>7.1f} {r['max']:>7.1f} "
+                     f"{100 * r['fraction_of_roof']:>6.1f}%")
+    return "\n".join(lines)
+
+
+def ratios(results):
+    """The side-by-side ratios the benchmark exists for, where the matrix holds both sides."""
+    measured = [r for r in results if "error" not in r]
+
+    def twin(cell, **changes):
+        wanted = {**{key: cell[key] for key in CELL_KEYS}, **changes}
+        return next((r for r in measured if all(r[k] == v for k, v in wanted.items())), None)
+
+    lines = []
+    for r in measured:
+        synthetic = r["data"] == "records" and twin(r, data="synthetic")
+        if synthetic:
+            lines.append(f"records / synthetic ({r['model']}, {r['distribution']}, "
+                         f"{r['precision']}, xla={r['xla']}): "
+                         f"{r['images_per_sec'] / synthetic['images_per_sec']:.2f}x "
+                         f"(target >= 0.95: training is not input-bound)")
+        single = r["distribution"] != "one_device" and twin(r, distribution="one_device")
+        if single:
+            lines.append(f"{r['distribution']} / one process ({r['model']}, {r['data']}): "
+                         f"{r['images_per_sec'] / single['images_per_sec']:.2f}x on the same "
+                         f"cores (target >= 0.9: the distribution's overhead)")
+    return lines
+
+
+def main(argv):
+    del argv
+    threads = cli.start_process()
+    timing = {"warmup_steps": FLAGS.warmup_steps, "window_steps": FLAGS.window_steps,
+              "windows": FLAGS.windows}
+    if FLAGS.cell:
+        result = measure(json.loads(FLAGS.cell), threads=threads["intra_op"], **timing)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+    cells = matrix()
+    if any(cell["data"] == "records" for cell in cells):
+        cli.require("records")
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    results = []
+    with open(os.path.join(FLAGS.out_dir, "benchmark.jsonl"), "a") as out:
+        for number, cell in enumerate(cells, 1):
+            print(f"[{number}/{len(cells)}] {json.dumps(cell)}", file=sys.stderr, flush=True)
+            result = run_cell(cell, timing)
+            results.append(result)
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+    print(table(results))
+    for line in ratios(results):
+        print(line)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    app.run(main)
