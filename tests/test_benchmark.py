@@ -24,6 +24,7 @@ def test_a_small_matrix_is_measured_and_compared(python, records, tmp_path):
     assert "records / synthetic (tiny, one_device" in result.stdout
     assert "horovod:2 / one process (tiny, synthetic)" in result.stdout
     assert result.stdout.splitlines()[0].split()[:3] == ["model", "batch", "precision"]
+    assert "scaling model: 1,912 parameters" in result.stdout  # the tiny model's gradients
 
 
 def test_ratios_pair_each_cell_with_its_twin():

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from trainer import cli
+from trainer import scaling
 
 cli.define_flags("records", "logical_cpus")
 flags.DEFINE_string("out_dir", "runs/benchmark", "Where benchmark.jsonl is written.")
@@ -39,6 +40,9 @@ flags.DEFINE_integer("crop_size", 227, "Crop side.")
 flags.DEFINE_integer("warmup_steps", 5, "Steps before timing (tracing, autotuning).")
 flags.DEFINE_integer("window_steps", 5, "Steps per timed window.")
 flags.DEFINE_integer("windows", 5, "Timed windows per cell.")
+flags.DEFINE_float("bandwidth_gbit", 25.0, "Network bandwidth of the scaling model (Gbit/s).")
+flags.DEFINE_float("gpu_step_seconds", None, "Compute time of one step on one GPU for the "
+                   "scaling model (default: the first one-process cell's measured step).")
 flags.DEFINE_string("cell", None, "Internal: measure this one cell (JSON) and print it.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
@@ -85,6 +89,8 @@ def run_cell(cell, timing):
 
 def measure(cell, warmup_steps, window_steps, windows, threads):
     """Runs in the cell's process: the real job and step, timed after warm-up."""
+    import numpy as np
+
     from trainer import loop
     from trainer import models
     from trainer import recipes
@@ -119,6 +125,9 @@ def measure(cell, warmup_steps, window_steps, windows, threads):
             "images_per_sec": images_per_sec, "min": min(rates), "max": max(rates),
             "images_per_sec_per_replica": images_per_sec / backend.num_replicas,
             "flops_per_image": flops_per_image, "achieved_flops": achieved, **roof,
+            "trainable_parameters": int(sum(np.prod(v.shape)
+                                            for v in job.model.trainable_variables)),
+            "gradient_tensors": len(job.model.trainable_variables),
             "fraction_of_roof": achieved / roof["roof_flops"]}
 
 
@@ -219,6 +228,13 @@ def main(argv):
     print(table(results))
     for line in ratios(results):
         print(line)
+    reference = next((r for r in results if "error" not in r and
+                      r["distribution"] == "one_device"), None)
+    if reference:
+        step_seconds = (FLAGS.gpu_step_seconds or
+                        reference["global_batch_size"] / reference["images_per_sec"])
+        print(scaling.table(step_seconds, reference["trainable_parameters"],
+                            reference["gradient_tensors"], FLAGS.bandwidth_gbit))
     return 0 if all("error" not in r for r in results) else 1
 
 
