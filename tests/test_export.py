@@ -12,7 +12,6 @@ from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, json_lines, run
 from input import images
 from input import schema
 from trainer import checkpoint as checkpoint_lib
-from trainer import models
 
 TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
          "--learning_rate=0.05", "--steps=3"]
@@ -57,11 +56,8 @@ def exported(python, trained, tmp_path_factory):
 def evaluation_path(model_dir, records, crops):
     """{source file: probabilities} as evaluation computes them on the held-out records."""
     run_info = checkpoint_lib.read_run(str(model_dir))
-    model = models.build(run_info["model"], len(run_info["class_names"]),
-                         np.zeros(run_info["mean_shape"], np.float32),
-                         crop_size=run_info["crop_size"])
-    tf.train.Checkpoint(model=model).restore(
-        tf.train.latest_checkpoint(f"{model_dir}/checkpoints")).expect_partial()
+    model = checkpoint_lib.load_model(
+        run_info, tf.train.latest_checkpoint(f"{model_dir}/checkpoints"))
     results = {}
     for serialized in tf.data.TFRecordDataset(sorted(map(str, records.glob("fold0-*")))):
         example = schema.parse(serialized, "raw", TINY_RECORD_SIZE)

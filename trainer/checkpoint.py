@@ -14,9 +14,11 @@ half-written one is never taken for a good one.
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from input import shards
+from trainer import models
 
 CHECKPOINTS = "checkpoints"
 RUN_FILE = "run.json"
@@ -60,6 +62,27 @@ class Checkpoints:
         path = self._manager.save(checkpoint_number=step)
         self._last_saved = step
         return path
+
+
+class CheckpointMismatch(ValueError):
+    pass
+
+
+def load_model(run, path):
+    """The model of the job described by `run` (its run.json) with the weights of checkpoint
+    `path`; a checkpoint of another model or task is a clear CheckpointMismatch. Call it under
+    the strategy's scope when there is one."""
+    # The mean image is a weight: built as zeros of its shape, filled by the restore.
+    model = models.build(run["model"], len(run["class_names"]),
+                         np.zeros(run["mean_shape"], np.float32), crop_size=run["crop_size"])
+    try:
+        tf.train.Checkpoint(model=model).restore(path).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise CheckpointMismatch(f"{path} is not a checkpoint of a {run['model']} model for "
+                                 f"{run['task']} ({len(run['class_names'])} classes): "
+                                 f"{str(error).splitlines()[0]}") from error
+    return model
 
 
 def checkpoint_dir(model_dir):

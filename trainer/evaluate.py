@@ -44,9 +44,13 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr, flush=True)
         return cli.ERROR_EXIT_CODE
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
-    summary = evaluation.evaluate_checkpoint(backend, run, info, path,
-                                             FLAGS.batch_size or EVAL_BATCH_SIZE,
-                                             int(FLAGS.eval_crops), threads["intra_op"])
+    try:
+        summary = evaluation.evaluate_checkpoint(backend, run, info, path,
+                                                 FLAGS.batch_size or EVAL_BATCH_SIZE,
+                                                 int(FLAGS.eval_crops), threads["intra_op"])
+    except checkpoint_lib.CheckpointMismatch as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return cli.ERROR_EXIT_CODE
     if backend.is_chief:
         print(metrics.format_confusion(summary["confusion"], info.class_names))
         print(f"{info.eval_examples} examples of {', '.join(info.eval_splits)}, "

@@ -6,11 +6,10 @@ exactly once under any strategy; the total is checked against the records' count
 """
 
 import numpy as np
-import tensorflow as tf
 
+from trainer import checkpoint as checkpoint_lib
 from trainer import data
 from trainer import metrics
-from trainer import models
 from trainer import steps
 
 
@@ -31,11 +30,7 @@ def evaluate_checkpoint(backend, run_info, info, checkpoint_path, global_batch_s
                         threads=None):
     """The metrics of a checkpoint of the job described by `run_info` (its run.json)."""
     with backend.scope():
-        # The mean image is a weight: built as zeros of its shape, filled by the restore.
-        model = models.build(run_info["model"], len(run_info["class_names"]),
-                             np.zeros(run_info["mean_shape"], np.float32),
-                             crop_size=run_info["crop_size"])
-    tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial()
+        model = checkpoint_lib.load_model(run_info, checkpoint_path)
     dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, crops,
                                             run_info["crop_size"], threads)
     return run(steps.eval_step(backend, model, info.num_classes), dataset, eval_steps, info)

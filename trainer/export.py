@@ -20,13 +20,11 @@ import sys
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow as tf
 
 from input import images
 from trainer import checkpoint as checkpoint_lib
 from trainer import cli
-from trainer import models
 
 cli.define_flags("model_dir", "checkpoint", "eval_crops")
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (must not exist).")
@@ -86,9 +84,7 @@ def export(model_dir, export_dir, crops=1, checkpoint_path=None):
     path = checkpoint_path or tf.train.latest_checkpoint(checkpoint_lib.checkpoint_dir(model_dir))
     if not path:
         raise ExportError(f"no checkpoint in {model_dir}")
-    model = models.build(run["model"], len(run["class_names"]),
-                         np.zeros(run["mean_shape"], np.float32), crop_size=run["crop_size"])
-    _restore(model, path, run)
+    model = checkpoint_lib.load_model(run, path)
     metadata = _metadata(model_dir, run, path, crops)
     classifier = Classifier(model, run["class_names"], run["mean_shape"][0], run["crop_size"],
                             crops, metadata)
@@ -99,17 +95,6 @@ def export(model_dir, export_dir, crops=1, checkpoint_path=None):
         json.dump(metadata, f, indent=2, sort_keys=True)
     os.replace(temporary, export_dir)  # a killed export never leaves a half SavedModel there
     return metadata
-
-
-def _restore(model, path, run):
-    """Restores the model's weights; a checkpoint of another model or task is a clear error."""
-    try:
-        tf.train.Checkpoint(model=model).restore(path).expect_partial() \
-            .assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ExportError(f"{path} is not a checkpoint of a {run['model']} model for "
-                          f"{run['task']} ({len(run['class_names'])} classes): "
-                          f"{str(error).splitlines()[0]}") from error
 
 
 def _metadata(model_dir, run, path, crops):
@@ -145,7 +130,7 @@ def main(argv):
     try:
         metadata = export(FLAGS.model_dir, FLAGS.export_dir, int(FLAGS.eval_crops),
                           FLAGS.checkpoint)
-    except (ExportError, FileNotFoundError) as error:
+    except (ExportError, checkpoint_lib.CheckpointMismatch, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return cli.ERROR_EXIT_CODE
     print(f"exported {metadata['model']} ({metadata['task']}, step {metadata['step']}, "
