@@ -1,7 +1,8 @@
 """The commands that start a training job on one node or on several; the logic behind
 launch/single_node.sh and launch/multi_node.sh, which print the command they run.
 
-  python -m launch.launcher single_node [--np N] [--mode=horovod|mirrored] -- TRAINER FLAGS
+  python -m launch.launcher single_node [--np N] [--mode=horovod|mirrored] \\
+      [--module=trainer.cross_validate] -- TRAINER FLAGS
   python -m launch.launcher multi_node --hosts=host1:4,host2:4 [--backend=horovod|tf] \\
       [--network_interface=eth0] [--controller=gloo|mpi] -- TRAINER FLAGS
 
@@ -18,7 +19,9 @@ import subprocess
 import sys
 import time
 
-TRAINER = ("-m", "trainer.main")
+TRAINER_MODULE = "trainer.main"
+TRAINER = ("-m", TRAINER_MODULE)
+SINGLE_NODE_MODULES = (TRAINER_MODULE, "trainer.cross_validate")  # they take the same flags
 BASE_PORT = 23456  # MultiWorkerMirroredStrategy's first worker port; host i uses BASE_PORT + i
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
 POLL_SECONDS = 0.5
@@ -76,16 +79,19 @@ def _host_entry(name, slots, where):
     return name, count
 
 
-def single_node_command(python, trainer_flags, gpus, processes=None, mode="horovod"):
-    """(command, environment additions) for one machine."""
+def single_node_command(python, trainer_flags, gpus, processes=None, mode="horovod",
+                        module=TRAINER_MODULE):
+    """(command, environment additions) for one machine; `module` is the entry point run
+    (trainer.main, or another that takes the training flags: trainer.cross_validate)."""
+    trainer = ("-m", module)
     if mode == "mirrored":
-        return [python, *TRAINER, "--strategy=mirrored", *trainer_flags], {}
+        return [python, *trainer, "--strategy=mirrored", *trainer_flags], {}
     processes = processes or gpus or 1
     if processes == 1:
-        return [python, *TRAINER, *trainer_flags], {}
+        return [python, *trainer, *trainer_flags], {}
     transport = [] if gpus else ["--gloo"]  # CPU: Gloo; GPU: NCCL inside, Gloo controller
     return ([horovodrun(), *transport, "-np", str(processes), "-H", f"localhost:{processes}",
-             python, *TRAINER, *trainer_flags], {})
+             python, *trainer, *trainer_flags], {})
 
 
 def horovod_command(python, trainer_flags, hosts, network_interface=None, controller="gloo"):
@@ -161,6 +167,8 @@ def main(argv=None):
     parser.add_argument("layout", choices=["single_node", "multi_node"])
     parser.add_argument("--np", type=int, default=None, help="processes (single node)")
     parser.add_argument("--mode", choices=["horovod", "mirrored"], default="horovod")
+    parser.add_argument("--module", choices=SINGLE_NODE_MODULES, default=TRAINER_MODULE,
+                        help="the entry point run (single node)")
     parser.add_argument("--hosts", help="host1:4,host2:4 (multi node)")
     parser.add_argument("--hostfile", help="lines of 'host slots=N' (multi node)")
     parser.add_argument("--backend", choices=["horovod", "tf"], default="horovod")
@@ -175,8 +183,12 @@ def main(argv=None):
     python = sys.executable
     if args.layout == "single_node":
         command, environment = single_node_command(python, trainer_flags, gpu_count(),
-                                                   args.np, args.mode)
+                                                   args.np, args.mode, args.module)
         commands = [("localhost", command, environment)]
+    elif args.module != TRAINER_MODULE:
+        print("error: --module is for single_node; multi_node runs trainer.main",
+              file=sys.stderr)
+        return 2
     else:
         try:
             hosts = parse_hosts(args.hosts, args.hostfile)

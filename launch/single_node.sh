@@ -4,10 +4,11 @@
 #   bash launch/single_node.sh --records=runs/demo/records --model_dir=runs/job --model=resnet
 #   bash launch/single_node.sh --mode=mirrored --records=... --model_dir=...
 #   bash launch/single_node.sh --np 2 --records=... --model_dir=...   # CPU: 2 Gloo processes
+#   bash launch/single_node.sh --module=trainer.cross_validate --records=... --model_dir=...
 #
 # With GPUs: horovodrun with one process per GPU (default) or one --strategy=mirrored process.
 # Without: one process, or --np N Horovod processes over Gloo, threads split between them.
-# Every other flag goes to trainer.main.
+# Every other flag goes to trainer.main (or the --module run).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

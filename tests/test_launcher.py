@@ -58,6 +58,21 @@ def test_single_node_picks_the_job_for_the_devices(gpus, processes, mode, expect
     assert found[:len(expected)] == expected
 
 
+def test_single_node_runs_cross_validate_the_same_way():
+    flags = ["--dry_run", "--records=r", "--model_dir=m"]
+    result = run(["bash", "launch/single_node.sh", "--np", "2",
+                  "--module=trainer.cross_validate", *flags])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "horovodrun --gloo -np 2 -H localhost:2 " in result.stdout
+    assert result.stdout.rstrip().endswith(
+        "-m trainer.cross_validate --records=r --model_dir=m")
+    default = run(["bash", "launch/single_node.sh", *flags])
+    assert default.stdout.rstrip().endswith("-m trainer.main --records=r --model_dir=m")
+    refused = run(["bash", "launch/multi_node.sh", "--hosts=node1:1,node2:1",
+                   "--module=trainer.cross_validate", *flags])
+    assert refused.returncode == 2 and "--module is for single_node" in refused.stderr
+
+
 def test_single_node_two_gloo_processes_train(tmp_path):
     result = run(["bash", "launch/single_node.sh", "--np", "2", *TINY_JOB,
                   f"--model_dir={tmp_path}"])

@@ -5,6 +5,7 @@ published figures.
   python -m trainer.cross_validate --records=runs/adience/records --model_dir=runs/cv \\
       --recipe=paper
   horovodrun -np 4 python -m trainer.cross_validate --records=... --model_dir=... --folds=0,1
+  python -m trainer.cross_validate ... --time_steps=20   # first: the expected time, measured
 
 Fold k trains in MODEL_DIR/fold<k>; a rerun resumes an unfinished fold and re-evaluates the
 finished ones. A stop signal ends the whole run after saving the current fold (exit 0).
@@ -24,6 +25,7 @@ from input import adience
 from trainer import checkpoint as checkpoint_lib
 from trainer import cli
 from trainer import data
+from trainer import estimate
 from trainer import evaluation
 from trainer import loop
 from trainer import strategy
@@ -32,6 +34,9 @@ cli.define_job_flags()
 cli.define_training_flags()
 flags.DEFINE_list("folds", [str(fold) for fold in range(adience.FOLDS)],
                   "The held-out folds to run.")
+flags.DEFINE_integer("time_steps", 0, "Before the first fold, time this many of its training "
+                     "steps (the first 2 untimed) and print the expected time of the folds on "
+                     "this machine; 0: no estimate.", lower_bound=0)
 flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 RESULTS_FILE = "cross_validation.json"
@@ -53,16 +58,18 @@ def main(argv):
         configs = [cli.train_config(input_threads=threads["intra_op"], held_out_fold=fold,
                                     model_dir=os.path.join(FLAGS.model_dir, f"fold{fold}"))
                    for fold in folds]
-        for config in configs:  # every fold's records checked before the first one trains
-            data.describe("records", config.records, config.task, config.held_out_fold,
-                          config.crop_size)
+        # Every fold's records checked before the first one trains.
+        infos = [data.describe("records", config.records, config.task, config.held_out_fold,
+                               config.crop_size) for config in configs]
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return cli.ERROR_EXIT_CODE
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
+    if FLAGS.time_steps:
+        estimate.cross_validation(configs, infos, backend, FLAGS.time_steps, CROPS)
     results = []
     for config in configs:
-        keras.backend.clear_session()
+        keras.backend.clear_session()  # the previous fold's model (or the timed one) is gone
         try:
             outcome = loop.train(config, backend)
         except loop.TrainingError as error:

@@ -100,7 +100,7 @@ def prepare(config, backend):
     keras.utils.set_random_seed(config.seed % GLOBAL_SEED_RANGE + 1)
     info = data.describe(config.data, config.records, config.task, config.held_out_fold,
                          config.crop_size)
-    plan = _plan(config, backend, info)
+    plan = plan_job(config, backend, info)
     model, optimizer, step = _build(config, backend, info, plan)
     return Job(config, backend, info, plan, model, optimizer, step)
 
@@ -156,7 +156,7 @@ def train(config, backend):
         writer.close()
 
 
-def _plan(config, backend, info):
+def plan_job(config, backend, info):
     """The values derived once from the config: batch sizes, steps and learning rate."""
     recipe = config.recipe
     global_batch_size = recipe.global_batch_size
