@@ -4,7 +4,8 @@
 # pinned TensorFlow (with Gloo; with NCCL on a GPU machine), patched from launch/patches/.
 #
 # Idempotent: the Horovod wheel is built once and cached outside the repo, keyed by everything
-# that changes the binary, so a second run only checks and takes seconds.
+# that changes the binary; a finished set-up leaves a stamp of its inputs in .venv, so a rerun
+# with the same pins, patch and script returns at once.
 #
 #   bash launch/setup.sh
 #
@@ -197,16 +198,31 @@ check_horovod() {
   fi
 }
 
+# Everything a finished set-up depends on: when it is unchanged, a rerun has nothing to do.
+setup_stamp() {
+  local flavour=$1 nccl=$2
+  { echo "$flavour nccl$nccl $("$venv/bin/python" -V 2>&1)"
+    cat "$root/requirements.txt" "$root/launch/build-requirements.txt" "$patch_file" "$root/launch/setup.sh"
+  } | sha256sum | cut -c1-16
+}
+
 main() {
-  local start flavour nccl
+  local start flavour nccl stamp
   start=$(date +%s)
   flavour=$(pick_flavour)
   nccl=$(want_nccl "$flavour")
   say "TensorFlow flavour: $flavour ($( [ "$flavour" = cuda ] && echo 'an NVIDIA GPU was found' || echo 'no NVIDIA GPU found' )); NCCL: $nccl"
   make_venv "$flavour"
+  stamp=$(setup_stamp "$flavour" "$nccl")
+  if [ "$(cat "$venv/agenet-ready" 2>/dev/null)" = "$stamp" ]; then
+    say "already set up: $venv (delete $venv/agenet-ready to install and check again)"
+    return
+  fi
+  rm -f "$venv/agenet-ready"
   install_requirements "$flavour"
   install_horovod "$flavour" "$nccl"
   check_horovod "$nccl"
+  echo "$stamp" > "$venv/agenet-ready"
   say "ready in $(( $(date +%s) - start )) s: $venv (activate with 'source .venv/bin/activate')"
 }
 

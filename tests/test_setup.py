@@ -58,3 +58,16 @@ def test_cached_wheels_are_keyed_by_flavour_and_nccl(other):
     cpu_key = _setup_function("wheel_key cpu 0")
     assert "tf2.21.0-cpu-nccl0-py311" in cpu_key
     assert _setup_function(f"wheel_key {other}") != cpu_key
+
+
+
+def test_a_finished_set_up_is_skipped_only_while_its_inputs_are_unchanged(tmp_path):
+    for name in ("requirements.txt", "launch/build-requirements.txt", "launch/setup.sh"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    stamp = _setup_function("setup_stamp cpu 0")
+    assert _setup_function(f"root={tmp_path}; setup_stamp cpu 0") == stamp
+    assert _setup_function("setup_stamp cuda 1") != stamp
+    with open(tmp_path / "requirements.txt", "a") as requirements:
+        requirements.write("six==1.17.0\n")  # a new pin: the set-up must run again
+    assert _setup_function(f"root={tmp_path}; setup_stamp cpu 0") != stamp
