@@ -3,8 +3,13 @@ processes, synthetic and records), its table, JSON lines and ratios."""
 
 import json
 
+import pytest
+
 from conftest import TINY_CROP_SIZE, run
 from trainer import benchmark
+from trainer import time_to_accuracy
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_small_matrix_is_measured_and_compared(python, records, tmp_path):
@@ -25,6 +30,7 @@ def test_a_small_matrix_is_measured_and_compared(python, records, tmp_path):
     assert "horovod:2 / one process (tiny, synthetic)" in result.stdout
     assert result.stdout.splitlines()[0].split()[:3] == ["model", "batch", "precision"]
     assert "scaling model: 1,912 parameters" in result.stdout  # the tiny model's gradients
+    assert (tmp_path / "benchmark.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_ratios_pair_each_cell_with_its_twin():
@@ -39,3 +45,57 @@ def test_ratios_pair_each_cell_with_its_twin():
         "training is not input-bound)",
         "horovod:2 / one process (m, synthetic): 0.90x on the same cores (target >= 0.9: the "
         "distribution's overhead)"]
+
+
+def test_time_to_accuracy_races_two_contenders_to_the_baselines_best(python, records, tmp_path):
+    result = run([python, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
+                  f"--records={records}", f"--crop_size={TINY_CROP_SIZE}",
+                  "--baseline=tiny:paper", "--improved=tiny:modern", "--budget_seconds=4",
+                  "--eval_every_seconds=1", f"--out_dir={tmp_path}"], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    baseline, improved = [json.loads(line) for line in
+                          (tmp_path / "time_to_accuracy.jsonl").read_text().splitlines()]
+    target = max(point["accuracy"] for point in baseline["curve"])
+    assert baseline["target"] == improved["target"] == target
+    assert len(baseline["curve"]) >= 3  # evaluated every second of training, and at the end
+    if baseline["stopped"] == "budget":
+        assert baseline["curve"][-1]["seconds"] >= 4
+    for race in (baseline, improved):
+        seconds = [point["seconds"] for point in race["curve"]]
+        assert seconds == sorted(seconds)
+        assert all(0 <= point["accuracy"] <= point["accuracy_1off"] <= 1
+                   for point in race["curve"])
+    assert improved["name"] == "improved 1"
+    # The improved race stops at its first evaluation at or above the target, else runs out.
+    reached = [point for point in improved["curve"] if point["accuracy"] >= target]
+    if reached:
+        assert improved["stopped"] == "target" and reached == improved["curve"][-1:]
+    else:
+        assert improved["stopped"] in ("budget", "schedule")
+    assert "tiny           paper" in result.stdout and "tiny           modern" in result.stdout
+    assert (tmp_path / "time_to_accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_above_it():
+    def race(name, points):
+        return {"name": name, "model": "m", "recipe": "r", "precision": "fp32",
+                "budget_seconds": 100, "images_per_sec": 10.0, "stopped": "budget",
+                "curve": [{"seconds": s, "step": s, "accuracy": a, "accuracy_1off": a}
+                          for s, a in points]}
+    baseline = race("baseline", [(10, 0.3), (60, 0.5), (90, 0.45)])
+    improved = race("improved", [(5, 0.4), (20, 0.5)])
+    assert time_to_accuracy.time_to(baseline["curve"], 0.5) == 60
+    assert time_to_accuracy.time_to(improved["curve"], 0.6) is None
+    lines = time_to_accuracy.summary(baseline, [improved, race("improved 2", [(5, 0.4)])], 0.5)
+    assert lines[-2:] == [
+        "improved: 50.0% held-out exact accuracy 3.0x sooner than the baseline (20.0 s vs "
+        "60.0 s; goal >= 3x)",
+        "improved 2: never reached 50.0% within 100 s"]
+
+
+def test_a_contender_is_model_recipe_and_optional_precision():
+    assert time_to_accuracy.contender("resnet:modern:mixed_bfloat16") == {
+        "model": "resnet", "recipe": "modern", "precision": "mixed_bfloat16"}
+    assert time_to_accuracy.contender("levi_hassner:paper")["precision"] == "fp32"
+    with pytest.raises(ValueError, match="MODEL:RECIPE"):
+        time_to_accuracy.contender("resnet")

@@ -11,7 +11,14 @@ trainer.loop's job and step; only the data source differs between "synthetic" (i
 batches) and "records" (the real pipeline). Each cell also reports its achieved FLOP/s (3x the
 model's forward FLOPs per trained image) against the machine's roof: the faster of a big matmul
 and the model's largest convolution, measured in the same process. The table and the ratios
-that matter go to stdout, one JSON line per cell to OUT_DIR/benchmark.jsonl.
+that matter go to stdout, one JSON line per cell to OUT_DIR/benchmark.jsonl, and a chart to
+OUT_DIR/benchmark.png.
+
+  python -m trainer.benchmark --mode=time_to_accuracy --records=runs/demo/records_64 \\
+      --crop_size=56 --budget_seconds=1200
+
+races the paper's network and recipe against improved ones to a held-out accuracy
+(trainer.time_to_accuracy): a table, the ratio, OUT_DIR/time_to_accuracy.{jsonl,png}.
 """
 
 import json
@@ -24,8 +31,10 @@ import time
 from absl import app
 from absl import flags
 
+from trainer import charts
 from trainer import cli
 from trainer import scaling
+from trainer import time_to_accuracy
 
 cli.define_flags("records", "logical_cpus")
 flags.DEFINE_string("out_dir", "runs/benchmark", "Where benchmark.jsonl is written.")
@@ -44,6 +53,19 @@ flags.DEFINE_float("bandwidth_gbit", 25.0, "Network bandwidth of the scaling mod
 flags.DEFINE_float("gpu_step_seconds", None, "Compute time of one step on one GPU for the "
                    "scaling model (default: the first one-process cell's measured step).")
 flags.DEFINE_string("cell", None, "Internal: measure this one cell (JSON) and print it.")
+flags.DEFINE_enum("mode", "throughput", ["throughput", "time_to_accuracy"], "What to measure.")
+flags.DEFINE_string("baseline", "levi_hassner:paper", "time_to_accuracy: MODEL:RECIPE"
+                    "[:PRECISION] whose best held-out accuracy within the budget is the target.")
+flags.DEFINE_list("improved", ["resnet:modern"], "time_to_accuracy: MODEL:RECIPE[:PRECISION] "
+                  "of each contender raced to it.")
+flags.DEFINE_float("budget_seconds", 1200, "time_to_accuracy: training seconds per race.")
+flags.DEFINE_float("target_accuracy", None, "time_to_accuracy: a fixed target (0-1) instead "
+                   "of the baseline's best.")
+flags.DEFINE_float("eval_every_seconds", None, "time_to_accuracy: training seconds between "
+                   "evaluations (default: the budget / 40).")
+flags.DEFINE_float("improved_epochs", 0, "time_to_accuracy: the improved recipe's length in "
+                   "epochs (0: the recipe's own).")
+flags.DEFINE_string("race", None, "Internal: run this one race (JSON) and print its result.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 RESULT_PREFIX = "BENCHMARK_CELL "  # marks a cell's result line in its process's output
@@ -207,6 +229,8 @@ def ratios(results):
 def main(argv):
     del argv
     threads = cli.start_process()
+    if FLAGS.mode == "time_to_accuracy":
+        return race_main(threads)
     timing = {"warmup_steps": FLAGS.warmup_steps, "window_steps": FLAGS.window_steps,
               "windows": FLAGS.windows}
     if FLAGS.cell:
@@ -226,6 +250,7 @@ def main(argv):
             out.write(json.dumps(result) + "\n")
             out.flush()
     print(table(results))
+    print(f"chart: {charts.throughput(results, os.path.join(FLAGS.out_dir, 'benchmark.png'))}")
     for line in ratios(results):
         print(line)
     reference = next((r for r in results if "error" not in r and
@@ -237,6 +262,55 @@ def main(argv):
                             reference["gradient_tensors"], FLAGS.bandwidth_gbit))
     return 0 if all("error" not in r for r in results) else 1
 
+
+def race_main(threads):
+    """--mode=time_to_accuracy: the baseline's race sets the target, the improved ones run to
+    it; or, with --race, one race in this process."""
+    if FLAGS.race:
+        race = time_to_accuracy.Race(**json.loads(FLAGS.race))
+        result = time_to_accuracy.train_and_evaluate(race, threads["intra_op"],
+                                                     FLAGS.logical_cpus)
+        print(time_to_accuracy.RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+    cli.require("records")
+    try:
+        baseline_contender = time_to_accuracy.contender(FLAGS.baseline)
+        improved_contenders = [time_to_accuracy.contender(spec) for spec in FLAGS.improved]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return cli.ERROR_EXIT_CODE
+    common = {"records": FLAGS.records, "crop_size": FLAGS.crop_size,
+              "budget_seconds": FLAGS.budget_seconds,
+              "eval_every_seconds": FLAGS.eval_every_seconds or FLAGS.budget_seconds / 40,
+              "distribution": FLAGS.distributions[0]}
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    try:
+        print(f"baseline: {FLAGS.baseline} for {FLAGS.budget_seconds:g} s of training",
+              file=sys.stderr, flush=True)
+        baseline = time_to_accuracy.run_race(time_to_accuracy.Race(
+            "baseline", **baseline_contender, **common))
+        target = FLAGS.target_accuracy or max(p["accuracy"] for p in baseline["curve"])
+        improved = []
+        for number, contender in enumerate(improved_contenders, 1):
+            print(f"improved {number}: {FLAGS.improved[number - 1]} to {100 * target:.1f}%",
+                  file=sys.stderr, flush=True)
+            improved.append(time_to_accuracy.run_race(time_to_accuracy.Race(
+                f"improved {number}", **contender, epochs=FLAGS.improved_epochs,
+                target=target, **common)))
+    except (RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    with open(os.path.join(FLAGS.out_dir, "time_to_accuracy.jsonl"), "a") as out:
+        for race in (baseline, *improved):
+            out.write(json.dumps({**race, "target": target}) + "\n")
+    chart = charts.time_to_accuracy([baseline, *improved], target,
+                                    os.path.join(FLAGS.out_dir, "time_to_accuracy.png"))
+    print(f"time to accuracy: {FLAGS.records}, held-out fold 0, {FLAGS.crop_size}x"
+          f"{FLAGS.crop_size} crops, budget {FLAGS.budget_seconds:g} s of training")
+    for line in time_to_accuracy.summary(baseline, improved, target):
+        print(line)
+    print(f"chart: {chart}")
+    return 0
 
 if __name__ == "__main__":
     app.run(main)

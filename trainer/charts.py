@@ -1,0 +1,55 @@
+"""The benchmarks' PNG charts: throughput per cell, and accuracy against training seconds."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a training machine
+from matplotlib import pyplot  # noqa: E402  (after the backend is chosen)
+
+SHORT_PRECISION = {"fp32": "fp32", "mixed_float16": "fp16", "mixed_bfloat16": "bf16"}
+
+
+def throughput(results, path):
+    """A bar per measured cell (images/s, min to max as the error bar); failed cells are left
+    out. Returns `path`."""
+    measured = [r for r in results if "error" not in r]
+    labels = [f"{r['model']} b{r['global_batch_size']} {SHORT_PRECISION.get(r['precision'])}"
+              f"{' xla' if r['xla'] else ''} {r['data']} {r['distribution']}" for r in measured]
+    rates = [r["images_per_sec"] for r in measured]
+    spread = [[r["images_per_sec"] - r["min"] for r in measured],
+              [r["max"] - r["images_per_sec"] for r in measured]]
+    figure, axes = pyplot.subplots(figsize=(9, 1.2 + 0.45 * len(measured)))
+    rows = range(len(measured))[::-1]  # the first cell on top, as in the table
+    bars = axes.barh(rows, rates, xerr=spread, capsize=3, color="#4c72b0")
+    axes.bar_label(bars, labels=[f"{rate:,.0f}" for rate in rates], padding=4)
+    axes.set_yticks(rows, labels, fontsize=8)
+    axes.set_xlabel("training images/s (median of timed windows; min to max)")
+    axes.set_xlim(0, 1.15 * max([r["max"] for r in measured], default=1))
+    axes.set_title("Training throughput")
+    return _save(figure, path)
+
+
+def time_to_accuracy(races, target, path):
+    """Held-out accuracy against training seconds, one line per race, with the target.
+    Returns `path`."""
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for race in races:
+        seconds = [0.0] + [point["seconds"] for point in race["curve"]]
+        accuracy = [0.0] + [100 * point["accuracy"] for point in race["curve"]]
+        axes.plot(seconds, accuracy, marker=".",
+                  label=f"{race['name']}: {race['model']}, {race['recipe']} recipe, "
+                        f"{SHORT_PRECISION.get(race['precision'], race['precision'])}")
+    axes.axhline(100 * target, color="gray", linestyle="--",
+                 label=f"target {100 * target:.1f}%")
+    axes.set_xlabel("training seconds (evaluation excluded)")
+    axes.set_ylabel("held-out exact accuracy (%)")
+    axes.set_title("Time to accuracy")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def _save(figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return path

@@ -1,0 +1,160 @@
+"""Time to accuracy, MLPerf style: how many seconds of training each contender needs to reach a
+target held-out accuracy on the same records.
+
+The baseline (the paper's network and recipe) trains for a budget of seconds; the target is the
+best held-out accuracy it reaches within it, unless one is given. Each improved contender then
+trains until it reaches that target, or its schedule or the budget ends. Both are evaluated on
+the held-out fold (subject-exclusive, center crop) every `eval_every_seconds` of training.
+
+The clock counts training steps only, tracing included; evaluation is excluded, so that the
+curve does not depend on how often it is drawn. Each race runs in its own process.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+
+RESULT_PREFIX = "RACE_RESULT "  # marks a race's result line in its process's output
+
+
+@dataclasses.dataclass(frozen=True)
+class Race:
+    name: str  # "baseline", "improved 1", ...
+    model: str
+    recipe: str
+    records: str
+    crop_size: int
+    budget_seconds: float
+    eval_every_seconds: float
+    distribution: str = "one_device"  # or mirrored:N; one process per race
+    precision: str = "fp32"
+    epochs: float = 0  # 0: the recipe's own length
+    target: float | None = None  # stop when the held-out accuracy reaches it
+    held_out_fold: int = 0
+    seed: int = 0
+
+
+def contender(spec):
+    """{"model", "recipe", "precision"} from "resnet:modern[:mixed_bfloat16]", with a clear
+    error otherwise."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"a contender is MODEL:RECIPE[:PRECISION] (resnet:modern:fp32), "
+                         f"not {spec!r}")
+    return {"model": parts[0], "recipe": parts[1],
+            "precision": parts[2] if len(parts) == 3 else "fp32"}
+
+
+def run_race(race):
+    """Runs `race` in a new process (python -m trainer.benchmark --race=...); returns its
+    result, or raises RuntimeError with the end of its error output."""
+    command = [sys.executable, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
+               f"--race={json.dumps(dataclasses.asdict(race))}"]
+    strategy, _, count = race.distribution.partition(":")
+    if strategy == "mirrored":
+        command.append(f"--logical_cpus={count}")
+    elif strategy != "one_device":
+        raise ValueError(f"a race runs one process: one_device or mirrored:N, not "
+                         f"{race.distribution}")
+    # Each evaluation is shown as it comes: a race can last many minutes.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    errors = []
+    drain = threading.Thread(target=lambda: errors.extend(process.stderr))
+    drain.start()
+    result = None
+    for line in process.stdout:
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+        elif line.startswith('{"race"'):
+            point = json.loads(line)
+            print(f"  {point['race']}: {point['seconds']:7.1f} s, step {point['step']:>6}: "
+                  f"held-out exact {point['accuracy']:.3f}, 1-off {point['accuracy_1off']:.3f}",
+                  file=sys.stderr, flush=True)
+    process.wait()
+    drain.join()
+    if result is None or process.returncode:
+        tail = "".join(errors[-5:]).strip() or "no output"
+        raise RuntimeError(f"the {race.name} race ({race.model}:{race.recipe}) failed:\n{tail}")
+    return result
+
+
+def train_and_evaluate(race, threads=None, logical_cpus=None):
+    """Runs in the race's process: the real job and step, evaluated on the clock's marks.
+    Returns {"curve": [{"seconds", "step", "accuracy", "accuracy_1off"}], "stopped", ...}."""
+    from trainer import data
+    from trainer import evaluation
+    from trainer import loop
+    from trainer import recipes
+    from trainer import steps
+    from trainer import strategy
+
+    backend = strategy.create(race.distribution.partition(":")[0], logical_cpus=logical_cpus)
+    config = loop.TrainConfig(
+        model_dir="", records=race.records, recipe=recipes.resolve(race.recipe),
+        model=race.model, held_out_fold=race.held_out_fold, epochs=race.epochs,
+        crop_size=race.crop_size, precision=race.precision, seed=race.seed,
+        input_threads=threads)
+    job = loop.prepare(config, backend)
+    run_step, stream = loop.train_step(job), loop.batches(job, 0)
+    dataset, eval_steps = data.eval_batches(backend, job.info, job.plan["global_batch_size"],
+                                            1, race.crop_size, threads)
+    eval_step = steps.eval_step(backend, job.model, job.info.num_classes)
+    total = job.plan["total_steps"]
+    curve, seconds, next_eval, stopped = [], 0.0, race.eval_every_seconds, "schedule"
+    for step in range(1, total + 1):
+        started = time.perf_counter()
+        float(run_step(next(stream))["loss"])  # the step ends when its loss is read
+        seconds += time.perf_counter() - started
+        out_of_time = seconds >= race.budget_seconds
+        if seconds >= next_eval or out_of_time or step == total:
+            summary = evaluation.run(eval_step, dataset, eval_steps, job.info)
+            curve.append({"seconds": seconds, "step": step, "accuracy": summary["accuracy"],
+                          "accuracy_1off": summary["accuracy_1off"]})
+            print(json.dumps({"race": race.name, **curve[-1]}), flush=True)
+            next_eval = seconds + race.eval_every_seconds
+            if race.target is not None and summary["accuracy"] >= race.target:
+                stopped = "target"
+                break
+            if out_of_time:
+                stopped = "budget"
+                break
+    return {**dataclasses.asdict(race), "curve": curve, "stopped": stopped,
+            "total_steps": total, "global_batch_size": job.plan["global_batch_size"],
+            "images_per_sec": curve[-1]["step"] * job.plan["global_batch_size"] / seconds}
+
+
+def time_to(curve, target):
+    """Training seconds of the first evaluation at or above `target` (None if never)."""
+    return next((point["seconds"] for point in curve if point["accuracy"] >= target), None)
+
+
+def summary(baseline, improved, target):
+    """The table and, for each improved race, its time to the target against the baseline's,
+    as lines of text."""
+    lines = [f"{'race':<10} {'model':<14} {'recipe':<7} {'precision':<15} {'steps':>6} "
+             f"{'train s':>8} {'images/s':>8} {'best':>6} {'1-off':>6} {'to target':>9}  "
+             f"stopped by"]
+    for race in [baseline, *improved]:
+        best = max(race["curve"], key=lambda point: point["accuracy"])
+        reached = time_to(race["curve"], target)
+        lines.append(
+            f"{race['name']:<10} {race['model']:<14} {race['recipe']:<7} "
+            f"{race['precision']:<15} {race['curve'][-1]['step']:>6} "
+            f"{race['curve'][-1]['seconds']:>8.1f} {race['images_per_sec']:>8.1f} "
+            f"{100 * best['accuracy']:>5.1f}% {100 * best['accuracy_1off']:>5.1f}% "
+            f"{'never' if reached is None else f'{reached:.1f} s':>9}  {race['stopped']}")
+    baseline_time = time_to(baseline["curve"], target)
+    for race in improved:
+        improved_time = time_to(race["curve"], target)
+        if improved_time is None:
+            lines.append(f"{race['name']}: never reached {100 * target:.1f}% within "
+                         f"{race['budget_seconds']:g} s")
+        else:
+            lines.append(f"{race['name']}: {100 * target:.1f}% held-out exact accuracy "
+                         f"{baseline_time / improved_time:.1f}x sooner than the baseline "
+                         f"({improved_time:.1f} s vs {baseline_time:.1f} s; goal >= 3x)")
+    return lines
