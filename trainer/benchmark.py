@@ -42,7 +42,9 @@ flags.DEFINE_list("models", ["levi_hassner"], "Models to measure.")
 flags.DEFINE_list("batch_sizes", ["32"], "Global batch sizes.")
 flags.DEFINE_list("precisions", ["fp32"], "fp32, mixed_float16, mixed_bfloat16.")
 flags.DEFINE_list("xla", ["false"], "false and/or true.")
-flags.DEFINE_list("data", ["synthetic", "records"], "synthetic (in memory) and/or records.")
+flags.DEFINE_list("data", ["synthetic", "records"], "synthetic (in memory), records (the "
+                  "pipeline) and/or cached_records (the pipeline with --cache: records "
+                  "decoded once, kept in memory).")
 flags.DEFINE_list("distributions", ["one_device"], "one_device, horovod:N (N processes over "
                   "Gloo on this host), mirrored:N (N logical devices without a GPU).")
 flags.DEFINE_integer("crop_size", 227, "Crop side.")
@@ -63,6 +65,8 @@ flags.DEFINE_float("target_accuracy", None, "time_to_accuracy: a fixed target (0
                    "of the baseline's best.")
 flags.DEFINE_float("eval_every_seconds", None, "time_to_accuracy: training seconds between "
                    "evaluations (default: the budget / 40).")
+flags.DEFINE_integer("smoothing", 3, "time_to_accuracy: evaluations averaged before comparing "
+                     "with the target (1: a single evaluation).", lower_bound=1)
 flags.DEFINE_float("improved_epochs", 0, "time_to_accuracy: the improved recipe's length in "
                    "epochs (0: the recipe's own).")
 flags.DEFINE_string("race", None, "Internal: run this one race (JSON) and print its result.")
@@ -71,6 +75,7 @@ FLAGS = flags.FLAGS
 RESULT_PREFIX = "BENCHMARK_CELL "  # marks a cell's result line in its process's output
 ROOF_MATMUL = 2048  # a 4096 matmul is slower per FLOP than 2048 on these CPUs (FACTS.md)
 ROOF_REPEATS = 5
+DATA_SOURCES = ("synthetic", "records", "cached_records")
 CELL_KEYS = ("model", "global_batch_size", "precision", "xla", "data", "distribution")
 
 
@@ -121,7 +126,9 @@ def measure(cell, warmup_steps, window_steps, windows, threads):
     strategy_name = cell["distribution"].partition(":")[0]
     backend = strategy.create(strategy_name, logical_cpus=FLAGS.logical_cpus)
     config = loop.TrainConfig(
-        model_dir="", records=cell["records"], model=cell["model"], data=cell["data"],
+        model_dir="", records=cell["records"], model=cell["model"],
+        data="synthetic" if cell["data"] == "synthetic" else "records",
+        cache=cell["data"] == "cached_records",
         recipe=recipes.resolve("paper", global_batch_size=cell["global_batch_size"]),
         crop_size=cell["crop_size"], precision=cell["precision"], xla=cell["xla"],
         input_threads=threads)
@@ -212,9 +219,9 @@ def ratios(results):
 
     lines = []
     for r in measured:
-        synthetic = r["data"] == "records" and twin(r, data="synthetic")
+        synthetic = r["data"] != "synthetic" and twin(r, data="synthetic")
         if synthetic:
-            lines.append(f"records / synthetic ({r['model']}, {r['distribution']}, "
+            lines.append(f"{r['data']} / synthetic ({r['model']}, {r['distribution']}, "
                          f"{r['precision']}, xla={r['xla']}): "
                          f"{r['images_per_sec'] / synthetic['images_per_sec']:.2f}x "
                          f"(target >= 0.95: training is not input-bound)")
@@ -237,8 +244,13 @@ def main(argv):
         result = measure(json.loads(FLAGS.cell), threads=threads["intra_op"], **timing)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
+    unknown = sorted(set(FLAGS.data) - set(DATA_SOURCES))
+    if unknown:
+        print(f"error: --data {','.join(unknown)}: not one of {', '.join(DATA_SOURCES)}",
+              file=sys.stderr)
+        return cli.ERROR_EXIT_CODE
     cells = matrix()
-    if any(cell["data"] == "records" for cell in cells):
+    if any(cell["data"] != "synthetic" for cell in cells):
         cli.require("records")
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     results = []
@@ -282,14 +294,14 @@ def race_main(threads):
     common = {"records": FLAGS.records, "crop_size": FLAGS.crop_size,
               "budget_seconds": FLAGS.budget_seconds,
               "eval_every_seconds": FLAGS.eval_every_seconds or FLAGS.budget_seconds / 40,
-              "distribution": FLAGS.distributions[0]}
+              "distribution": FLAGS.distributions[0], "smoothing": FLAGS.smoothing}
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     try:
         print(f"baseline: {FLAGS.baseline} for {FLAGS.budget_seconds:g} s of training",
               file=sys.stderr, flush=True)
         baseline = time_to_accuracy.run_race(time_to_accuracy.Race(
             "baseline", **baseline_contender, **common))
-        target = FLAGS.target_accuracy or max(p["accuracy"] for p in baseline["curve"])
+        target = FLAGS.target_accuracy or max(p["smoothed"] for p in baseline["curve"])
         improved = []
         for number, contender in enumerate(improved_contenders, 1):
             print(f"improved {number}: {FLAGS.improved[number - 1]} to {100 * target:.1f}%",
