@@ -11,10 +11,10 @@
 # 4. the input benchmark: the tf.data pipeline against its roof and the naive way;
 # 5. a Horovod training run of the small ResNet (modern recipe) on 64x64 records of the same
 #    faces, fold 0 held out, then its 10-crop evaluation with the confusion matrix;
-# 6. its export as a SavedModel that takes image bytes, and a prediction on a few faces.
-# The training benchmarks join as they are built.
+# 6. its export as a SavedModel that takes image bytes, and a prediction on a few faces;
+# 7. the training benchmark: in-memory batches vs the records, 1 process vs 2, and its chart.
 # Knobs (environment): DEMO_DIR (runs/demo), ADIENCE_DIR, DEMO_SUBJECTS (synthetic albums),
-# DEMO_PROCESSES (2), DEMO_EPOCHS (30).
+# DEMO_PROCESSES (2), DEMO_EPOCHS (30), DEMO_BENCHMARK_WINDOWS (3).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -94,10 +94,19 @@ faces=$(awk -F'\t' 'NR > 1 && NR % 40 == 2 {print "'"$adience_dir"'/aligned/" $1
 echo "$faces" | awk -F'\t' '{print "truth " $2 ": " $1}'
 tf_quiet "$python" -m trainer.predict --saved_model="$export_dir" $(echo "$faces" | cut -f1)
 
+benchmark_dir=$demo_dir/benchmark
+step "Training throughput of the same job: in-memory batches vs the records, 1 process vs $processes"
+rm -rf "$benchmark_dir"
+tf_quiet "$python" -m trainer.benchmark --records="$small_records" --crop_size=56 --models=resnet \
+  --batch_sizes=64 --data=synthetic,records --distributions="one_device,horovod:$processes" \
+  --warmup_steps=5 --window_steps=5 --windows="${DEMO_BENCHMARK_WINDOWS:-3}" \
+  --out_dir="$benchmark_dir" 2>/dev/null | sed '/^scaling model/,$d'
+
 step "Written"
 echo "synthetic Adience tree: $adience_dir"
 echo "records and manifest:   $records (256x256), $small_records (64x64)"
 echo "training job:           $model_dir (checkpoints/, metrics.jsonl, run.json)"
 echo "SavedModel:             $export_dir"
 echo "TensorBoard:            .venv/bin/tensorboard --logdir $model_dir/tensorboard"
+echo "benchmark:              $benchmark_dir (benchmark.jsonl, chart benchmark.png)"
 echo "Next: bash launch/test.sh runs the test suite."

@@ -98,7 +98,7 @@ def test_time_to_target_is_the_first_evaluation_at_or_above_it():
     assert lines[-2:] == [
         "improved: 50.0% held-out exact accuracy 3.0x sooner than the baseline (20.0 s vs "
         "60.0 s; goal >= 3x)",
-        "improved 2: never reached 50.0% within 100 s"]
+        "improved 2: never reached 50.0% (stopped by its budget after 5.0 s of training)"]
 
 
 def test_a_contender_is_model_recipe_and_optional_precision():

@@ -168,8 +168,9 @@ def summary(baseline, improved, target):
     for race in improved:
         improved_time = time_to(race["curve"], target)
         if improved_time is None:
-            lines.append(f"{race['name']}: never reached {100 * target:.1f}% within "
-                         f"{race['budget_seconds']:g} s")
+            ended = race["curve"][-1]["seconds"]
+            lines.append(f"{race['name']}: never reached {100 * target:.1f}% (stopped by its "
+                         f"{race['stopped']} after {ended:.1f} s of training)")
         else:
             lines.append(f"{race['name']}: {100 * target:.1f}% held-out exact accuracy "
                          f"{baseline_time / improved_time:.1f}x sooner than the baseline "
