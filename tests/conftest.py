@@ -29,6 +29,14 @@ def run(args, env=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def train(python, model_dir, records, *flags):
+    """Runs trainer.main on `records` to the end, asserting that it succeeded."""
+    result = run([python, "-m", "trainer.main", f"--model_dir={model_dir}",
+                  f"--records={records}", *flags])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def start(args, env=None):
     """Starts a command as `run` does, without waiting (for processes that must meet)."""
     return subprocess.Popen([str(a) for a in args], cwd=REPO, env=_environment(env),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import TINY_CROP_SIZE, json_lines, run
+from conftest import TINY_CROP_SIZE, json_lines, run, train
 
 TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
          "--learning_rate=0.05", "--steps=20", "--deterministic"]
@@ -14,9 +14,7 @@ TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
 @pytest.fixture(scope="module")
 def trained(python, records, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("trained")
-    result = run([python, "-m", "trainer.main", f"--model_dir={model_dir}",
-                  f"--records={records}", *TRAIN])
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = train(python, model_dir, records, *TRAIN)
     final_eval = [r for r in json_lines(result.stdout) if "eval/accuracy" in r][-1]
     return model_dir, final_eval
 

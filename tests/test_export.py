@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, json_lines, run
+from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, json_lines, run, train
 from input import images
 from input import schema
 from trainer import checkpoint as checkpoint_lib
@@ -31,9 +31,7 @@ def raw_records(synthetic_tree, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(python, raw_records, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("job")
-    result = run([python, "-m", "trainer.main", f"--model_dir={model_dir}",
-                  f"--records={raw_records}", *TRAIN])
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(python, model_dir, raw_records, *TRAIN)
     return model_dir
 
 
@@ -163,9 +161,7 @@ def test_predict_reports_a_bad_file_and_goes_on(python, exported, synthetic_tree
 
 def test_exporting_a_checkpoint_of_another_model_is_a_clear_error(python, trained,
                                                                   raw_records, tmp_path):
-    other = run([python, "-m", "trainer.main", f"--model_dir={tmp_path / 'other'}",
-                 f"--records={raw_records}", *TRAIN, "--model=resnet", "--steps=1"])
-    assert other.returncode == 0, other.stderr[-3000:]
+    train(python, tmp_path / "other", raw_records, *TRAIN, "--model=resnet", "--steps=1")
     result = export(python, trained, tmp_path / "export",
                     f"--checkpoint={tmp_path / 'other/checkpoints/ckpt-1'}")
     assert result.returncode == 2

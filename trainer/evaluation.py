@@ -26,14 +26,22 @@ def run(step_fn, dataset, eval_steps, info):
     return summary
 
 
+def evaluator(backend, info, model, global_batch_size, crops, crop_size, threads=None):
+    """A function() -> the metrics of `model` (as it is when called) on `info`'s held-out
+    split; the dataset and the step are built once."""
+    dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, crops, crop_size,
+                                            threads)
+    step_fn = steps.eval_step(backend, model, info.num_classes)
+    return lambda: run(step_fn, dataset, eval_steps, info)
+
+
 def evaluate_checkpoint(backend, run_info, info, checkpoint_path, global_batch_size, crops,
                         threads=None):
     """The metrics of a checkpoint of the job described by `run_info` (its run.json)."""
     with backend.scope():
         model = checkpoint_lib.load_model(run_info, checkpoint_path)
-    dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, crops,
-                                            run_info["crop_size"], threads)
-    return run(steps.eval_step(backend, model, info.num_classes), dataset, eval_steps, info)
+    return evaluator(backend, info, model, global_batch_size, crops, run_info["crop_size"],
+                     threads)()
 
 
 def held_out(run_info, records, split=None):

@@ -341,12 +341,11 @@ def _evaluator(config, backend, info, model, global_batch_size):
     """A function(step, writer) that evaluates on the held-out split and logs it (or None)."""
     if info.source != "records":
         return None
-    dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, config.eval_crops,
-                                            config.crop_size, config.input_threads)
-    step_fn = steps_lib.eval_step(backend, model, info.num_classes)
+    held_out = evaluation.evaluator(backend, info, model, global_batch_size, config.eval_crops,
+                                    config.crop_size, config.input_threads)
 
     def evaluate(step, writer):
-        summary = evaluation.run(step_fn, dataset, eval_steps, info)
+        summary = held_out()
         writer.write(step, {f"eval/{key}": value for key, value in summary.items()})
         writer.text(step, "eval/confusion_matrix",
                     metrics.format_confusion(summary["confusion"], info.class_names))

@@ -93,11 +93,9 @@ def train_and_evaluate(race, threads=None, logical_cpus=None):
     """Runs in the race's process: the real job and step, evaluated on the clock's marks.
     Returns {"curve": [{"seconds", "step", "accuracy", "accuracy_1off", "smoothed"}],
     "stopped", ...}."""
-    from trainer import data
     from trainer import evaluation
     from trainer import loop
     from trainer import recipes
-    from trainer import steps
     from trainer import strategy
 
     backend = strategy.create(race.distribution.partition(":")[0], logical_cpus=logical_cpus)
@@ -108,9 +106,8 @@ def train_and_evaluate(race, threads=None, logical_cpus=None):
         input_threads=threads)
     job = loop.prepare(config, backend)
     run_step, stream = loop.train_step(job), loop.batches(job, 0)
-    dataset, eval_steps = data.eval_batches(backend, job.info, job.plan["global_batch_size"],
-                                            1, race.crop_size, threads)
-    eval_step = steps.eval_step(backend, job.model, job.info.num_classes)
+    held_out = evaluation.evaluator(backend, job.info, job.model,
+                                    job.plan["global_batch_size"], 1, race.crop_size, threads)
     total = job.plan["total_steps"]
     curve, seconds, next_eval, stopped = [], 0.0, race.eval_every_seconds, "schedule"
     for step in range(1, total + 1):
@@ -119,7 +116,7 @@ def train_and_evaluate(race, threads=None, logical_cpus=None):
         seconds += time.perf_counter() - started
         out_of_time = seconds >= race.budget_seconds
         if seconds >= next_eval or out_of_time or step == total:
-            summary = evaluation.run(eval_step, dataset, eval_steps, job.info)
+            summary = held_out()
             curve.append({"seconds": seconds, "step": step, "accuracy": summary["accuracy"],
                           "accuracy_1off": summary["accuracy_1off"]})
             curve[-1]["smoothed"] = smoothed(curve, race.smoothing)
