@@ -21,6 +21,7 @@ races the paper's network and recipe against improved ones to a held-out accurac
 (trainer.time_to_accuracy): a table, the ratio, OUT_DIR/time_to_accuracy.{jsonl,png}.
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -89,18 +90,23 @@ def matrix():
             for distribution in FLAGS.distributions]
 
 
-def cell_command(cell, timing):
-    """The command that measures one cell: this module in --cell mode, under horovodrun for
-    horovod:N."""
-    strategy, _, count = cell["distribution"].partition(":")
-    command = [sys.executable, "-m", "trainer.benchmark", f"--cell={json.dumps(cell)}",
-               *(f"--{key}={value}" for key, value in timing.items())]
+def process_command(distribution, *module_flags):
+    """This module with `module_flags` in the processes of `distribution`: under horovodrun
+    for horovod:N, over N logical devices for mirrored:N."""
+    strategy, _, count = distribution.partition(":")
+    command = [sys.executable, "-m", "trainer.benchmark", *module_flags]
     if strategy == "horovod":
         horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
         return [horovodrun, "--gloo", "-np", count, "-H", f"localhost:{count}", *command]
     if strategy == "mirrored":
         return command + [f"--logical_cpus={count}"]
     return command
+
+
+def cell_command(cell, timing):
+    """The command that measures one cell: this module in --cell mode."""
+    return process_command(cell["distribution"], f"--cell={json.dumps(cell)}",
+                           *(f"--{key}={value}" for key, value in timing.items()))
 
 
 def run_cell(cell, timing):
@@ -275,6 +281,12 @@ def main(argv):
     return 0 if all("error" not in r for r in results) else 1
 
 
+def race_command(race):
+    """The command that runs one race: this module in --race mode."""
+    return process_command(race.distribution, "--mode=time_to_accuracy",
+                           f"--race={json.dumps(dataclasses.asdict(race))}")
+
+
 def race_main(threads):
     """--mode=time_to_accuracy: the baseline's race sets the target, the improved ones run to
     it; or, with --race, one race in this process."""
@@ -300,7 +312,7 @@ def race_main(threads):
         print(f"baseline: {FLAGS.baseline} for {FLAGS.budget_seconds:g} s of training",
               file=sys.stderr, flush=True)
         baseline = time_to_accuracy.run_race(time_to_accuracy.Race(
-            "baseline", **baseline_contender, **common))
+            "baseline", **baseline_contender, **common), race_command)
         target = FLAGS.target_accuracy or max(p["smoothed"] for p in baseline["curve"])
         improved = []
         for number, contender in enumerate(improved_contenders, 1):
@@ -308,7 +320,7 @@ def race_main(threads):
                   file=sys.stderr, flush=True)
             improved.append(time_to_accuracy.run_race(time_to_accuracy.Race(
                 f"improved {number}", **contender, epochs=FLAGS.improved_epochs,
-                target=target, **common)))
+                target=target, **common), race_command))
     except (RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -323,6 +335,7 @@ def race_main(threads):
         print(line)
     print(f"chart: {chart}")
     return 0
+
 
 if __name__ == "__main__":
     app.run(main)

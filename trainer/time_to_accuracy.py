@@ -54,17 +54,13 @@ def contender(spec):
             "precision": parts[2] if len(parts) == 3 else "fp32"}
 
 
-def run_race(race):
-    """Runs `race` in a new process (python -m trainer.benchmark --race=...); returns its
-    result, or raises RuntimeError with the end of its error output."""
-    command = [sys.executable, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
-               f"--race={json.dumps(dataclasses.asdict(race))}"]
-    strategy, _, count = race.distribution.partition(":")
-    if strategy == "mirrored":
-        command.append(f"--logical_cpus={count}")
-    elif strategy != "one_device":
+def run_race(race, command_for):
+    """Runs `race` in a new process, the command `command_for(race)` (trainer.benchmark in
+    --race mode); returns its result, or raises RuntimeError with the end of its error output."""
+    if race.distribution.partition(":")[0] not in ("one_device", "mirrored"):
         raise ValueError(f"a race runs one process: one_device or mirrored:N, not "
                          f"{race.distribution}")
+    command = command_for(race)
     # Each evaluation is shown as it comes: a race can last many minutes.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
