@@ -33,6 +33,21 @@ def test_a_small_matrix_is_measured_and_compared(python, records, tmp_path):
     assert (tmp_path / "benchmark.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_repeated_runs_of_a_cell_merge_over_all_their_windows():
+    cell = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False,
+            "data": "synthetic", "distribution": "one_device", "replicas": 1,
+            "flops_per_image": 10.0}
+    runs = [benchmark.with_rates({**cell, "roof_flops": 1e4}, [100.0, 90.0, 80.0]),
+            benchmark.with_rates({**cell, "data": "records", "roof_flops": 1e4}, [70.0]),
+            benchmark.with_rates({**cell, "roof_flops": 2e4}, [60.0, 50.0, 120.0]),
+            {**cell, "data": "records", "error": "boom"}]
+    synthetic, records = benchmark.merged(runs)
+    assert synthetic["runs"] == 2 and synthetic["rates"] == [100, 90, 80, 60, 50, 120]
+    assert (synthetic["images_per_sec"], synthetic["min"], synthetic["max"]) == (85, 50, 120)
+    assert synthetic["fraction_of_roof"] == pytest.approx(3 * 10 * 85 / 2e4)  # highest roof
+    assert records["error"] == "boom"  # a cell that failed once is not shown as measured
+
+
 def test_ratios_pair_each_cell_with_its_twin():
     base = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False}
     results = [{**base, "data": "synthetic", "distribution": "one_device", "images_per_sec": 100},
@@ -55,12 +70,13 @@ def test_time_to_accuracy_races_two_contenders_to_the_baselines_best(python, rec
     result = run([python, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
                   f"--records={records}", f"--crop_size={TINY_CROP_SIZE}",
                   "--baseline=tiny:paper", "--improved=tiny:modern", "--budget_seconds=4",
-                  "--eval_every_seconds=1", f"--out_dir={tmp_path}"], timeout=600)
+                  "--eval_every_seconds=1", "--seed=3", f"--out_dir={tmp_path}"], timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     baseline, improved = [json.loads(line) for line in
                           (tmp_path / "time_to_accuracy.jsonl").read_text().splitlines()]
     target = max(point["smoothed"] for point in baseline["curve"])
     assert baseline["target"] == improved["target"] == target
+    assert baseline["seed"] == improved["seed"] == 3  # both races start from the same seed
     assert len(baseline["curve"]) >= 3  # evaluated every second of training, and at the end
     if baseline["stopped"] == "budget":
         assert baseline["curve"][-1]["seconds"] >= 4

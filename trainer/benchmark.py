@@ -11,8 +11,9 @@ trainer.loop's job and step; only the data source differs between "synthetic" (i
 batches) and "records" (the real pipeline). Each cell also reports its achieved FLOP/s (3x the
 model's forward FLOPs per trained image) against the machine's roof: the faster of a big matmul
 and the model's largest convolution, measured in the same process. The table and the ratios
-that matter go to stdout, one JSON line per cell to OUT_DIR/benchmark.jsonl, and a chart to
-OUT_DIR/benchmark.png.
+that matter go to stdout, one JSON line per cell and run to OUT_DIR/benchmark.jsonl, and a
+chart to OUT_DIR/benchmark.png. On a shared, noisy machine, --repeats=3 runs the matrix three
+times interleaved and takes each cell's figures over all its windows.
 
   python -m trainer.benchmark --mode=time_to_accuracy --records=runs/demo/records_64 \\
       --crop_size=56 --budget_seconds=1200
@@ -52,6 +53,9 @@ flags.DEFINE_integer("crop_size", 227, "Crop side.")
 flags.DEFINE_integer("warmup_steps", 5, "Steps before timing (tracing, autotuning).")
 flags.DEFINE_integer("window_steps", 5, "Steps per timed window.")
 flags.DEFINE_integer("windows", 5, "Timed windows per cell.")
+flags.DEFINE_integer("repeats", 1, "Runs of the whole matrix, interleaved (A B A B): a drift in "
+                     "the machine's load then falls on every cell alike. A cell's figures are "
+                     "over the windows of all its runs.")
 flags.DEFINE_float("bandwidth_gbit", 25.0, "Network bandwidth of the scaling model (Gbit/s).")
 flags.DEFINE_float("gpu_step_seconds", None, "Compute time of one step on one GPU for the "
                    "scaling model (default: the first one-process cell's measured step).")
@@ -70,6 +74,8 @@ flags.DEFINE_integer("smoothing", 3, "time_to_accuracy: evaluations averaged bef
                      "with the target (1: a single evaluation).", lower_bound=1)
 flags.DEFINE_float("improved_epochs", 0, "time_to_accuracy: the improved recipe's length in "
                    "epochs (0: the recipe's own).")
+flags.DEFINE_integer("seed", 0, "time_to_accuracy: the seed of every race (initial weights, "
+                     "order, crops); repeat with others to see the spread.")
 flags.DEFINE_string("race", None, "Internal: run this one race (JSON) and print its result.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
@@ -149,21 +155,44 @@ def measure(cell, warmup_steps, window_steps, windows, threads):
             loss = step(next(stream))["loss"]
         float(loss)  # the window ends when its last step has
         rates.append(window_steps * cell["global_batch_size"] / (time.perf_counter() - started))
-    images_per_sec = statistics.median(rates)
     flops_per_image = models.flops_per_image(job.model)
     roof = measure_roof(job.model, cell["global_batch_size"] // backend.num_replicas)
     # The processes of a job measure their roofs at the same time, each on its share of the
     # cores: the machine's roof is their sum.
     roof = {key: value * backend.num_processes for key, value in roof.items()}
-    achieved = 3 * flops_per_image * images_per_sec  # forward + backward (2x forward)
-    return {**cell, "process": backend.process_index, "replicas": backend.num_replicas,
-            "images_per_sec": images_per_sec, "min": min(rates), "max": max(rates),
-            "images_per_sec_per_replica": images_per_sec / backend.num_replicas,
-            "flops_per_image": flops_per_image, "achieved_flops": achieved, **roof,
-            "trainable_parameters": int(sum(np.prod(v.shape)
-                                            for v in job.model.trainable_variables)),
-            "gradient_tensors": len(job.model.trainable_variables),
-            "fraction_of_roof": achieved / roof["roof_flops"]}
+    return with_rates({**cell, "process": backend.process_index,
+                       "replicas": backend.num_replicas, "flops_per_image": flops_per_image,
+                       **roof, "trainable_parameters": int(sum(
+                           np.prod(v.shape) for v in job.model.trainable_variables)),
+                       "gradient_tensors": len(job.model.trainable_variables)}, rates)
+
+
+def with_rates(result, rates):
+    """`result` with the figures of its timed windows' images/s: the median, min and max, and
+    the FLOP/s achieved at the median against the roof."""
+    images_per_sec = statistics.median(rates)
+    achieved = 3 * result["flops_per_image"] * images_per_sec  # forward + backward (2x)
+    return {**result, "rates": rates, "images_per_sec": images_per_sec, "min": min(rates),
+            "max": max(rates), "images_per_sec_per_replica": images_per_sec / result["replicas"],
+            "achieved_flops": achieved, "fraction_of_roof": achieved / result["roof_flops"]}
+
+
+def merged(runs):
+    """One result per cell from its runs (--repeats): the figures over all their windows,
+    against the highest roof any run measured. A cell with a failed run is that failure."""
+    cells = {}
+    for run in runs:
+        cells.setdefault(tuple(run[key] for key in CELL_KEYS), []).append(run)
+    results = []
+    for cell_runs in cells.values():
+        failed = [run for run in cell_runs if "error" in run]
+        if failed:
+            results.append(failed[0])
+            continue
+        highest_roof = max(cell_runs, key=lambda run: run["roof_flops"])
+        rates = [rate for run in cell_runs for rate in run["rates"]]
+        results.append(with_rates({**highest_roof, "runs": len(cell_runs)}, rates))
+    return results
 
 
 def measure_roof(model, batch_size):
@@ -259,14 +288,16 @@ def main(argv):
     if any(cell["data"] != "synthetic" for cell in cells):
         cli.require("records")
     os.makedirs(FLAGS.out_dir, exist_ok=True)
-    results = []
+    runs = []
     with open(os.path.join(FLAGS.out_dir, "benchmark.jsonl"), "a") as out:
-        for number, cell in enumerate(cells, 1):
-            print(f"[{number}/{len(cells)}] {json.dumps(cell)}", file=sys.stderr, flush=True)
-            result = run_cell(cell, timing)
-            results.append(result)
-            out.write(json.dumps(result) + "\n")
-            out.flush()
+        for repeat in range(FLAGS.repeats):
+            for number, cell in enumerate(cells, 1):
+                print(f"[{repeat * len(cells) + number}/{FLAGS.repeats * len(cells)}] "
+                      f"{json.dumps(cell)}", file=sys.stderr, flush=True)
+                runs.append({**run_cell(cell, timing), "repeat": repeat})
+                out.write(json.dumps(runs[-1]) + "\n")
+                out.flush()
+    results = merged(runs)
     print(table(results))
     print(f"chart: {charts.throughput(results, os.path.join(FLAGS.out_dir, 'benchmark.png'))}")
     for line in ratios(results):
@@ -306,7 +337,8 @@ def race_main(threads):
     common = {"records": FLAGS.records, "crop_size": FLAGS.crop_size,
               "budget_seconds": FLAGS.budget_seconds,
               "eval_every_seconds": FLAGS.eval_every_seconds or FLAGS.budget_seconds / 40,
-              "distribution": FLAGS.distributions[0], "smoothing": FLAGS.smoothing}
+              "distribution": FLAGS.distributions[0], "smoothing": FLAGS.smoothing,
+              "seed": FLAGS.seed}
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     try:
         print(f"baseline: {FLAGS.baseline} for {FLAGS.budget_seconds:g} s of training",
@@ -330,7 +362,8 @@ def race_main(threads):
     chart = charts.time_to_accuracy([baseline, *improved], target,
                                     os.path.join(FLAGS.out_dir, "time_to_accuracy.png"))
     print(f"time to accuracy: {FLAGS.records}, held-out fold 0, {FLAGS.crop_size}x"
-          f"{FLAGS.crop_size} crops, budget {FLAGS.budget_seconds:g} s of training")
+          f"{FLAGS.crop_size} crops, budget {FLAGS.budget_seconds:g} s of training, "
+          f"seed {FLAGS.seed}")
     for line in time_to_accuracy.summary(baseline, improved, target):
         print(line)
     print(f"chart: {chart}")
