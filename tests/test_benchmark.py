@@ -70,13 +70,15 @@ def test_time_to_accuracy_races_two_contenders_to_the_baselines_best(python, rec
     result = run([python, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
                   f"--records={records}", f"--crop_size={TINY_CROP_SIZE}",
                   "--baseline=tiny:paper", "--improved=tiny:modern", "--budget_seconds=4",
-                  "--eval_every_seconds=1", "--seed=3", f"--out_dir={tmp_path}"], timeout=600)
+                  "--eval_every_seconds=1", "--seed=3", "--cache",
+                  f"--out_dir={tmp_path}"], timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     baseline, improved = [json.loads(line) for line in
                           (tmp_path / "time_to_accuracy.jsonl").read_text().splitlines()]
     target = max(point["smoothed"] for point in baseline["curve"])
     assert baseline["target"] == improved["target"] == target
     assert baseline["seed"] == improved["seed"] == 3  # both races start from the same seed
+    assert baseline["cache"] and improved["cache"]  # and read the same pipeline
     assert len(baseline["curve"]) >= 3  # evaluated every second of training, and at the end
     if baseline["stopped"] == "budget":
         assert baseline["curve"][-1]["seconds"] >= 4

@@ -76,6 +76,9 @@ flags.DEFINE_float("improved_epochs", 0, "time_to_accuracy: the improved recipe'
                    "epochs (0: the recipe's own).")
 flags.DEFINE_integer("seed", 0, "time_to_accuracy: the seed of every race (initial weights, "
                      "order, crops); repeat with others to see the spread.")
+flags.DEFINE_bool("cache", False, "time_to_accuracy: every race keeps its decoded training "
+                  "records in memory (trainer.main's --cache), so that a fast network is not "
+                  "held back by JPEG decoding on the cores it trains on.")
 flags.DEFINE_string("race", None, "Internal: run this one race (JSON) and print its result.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
@@ -338,7 +341,7 @@ def race_main(threads):
               "budget_seconds": FLAGS.budget_seconds,
               "eval_every_seconds": FLAGS.eval_every_seconds or FLAGS.budget_seconds / 40,
               "distribution": FLAGS.distributions[0], "smoothing": FLAGS.smoothing,
-              "seed": FLAGS.seed}
+              "seed": FLAGS.seed, "cache": FLAGS.cache}
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     try:
         print(f"baseline: {FLAGS.baseline} for {FLAGS.budget_seconds:g} s of training",

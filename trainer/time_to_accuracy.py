@@ -41,6 +41,7 @@ class Race:
     smoothing: int = 3  # evaluations averaged
     held_out_fold: int = 0
     seed: int = 0
+    cache: bool = False  # decoded training records kept in memory (--cache)
 
 
 def contender(spec):
@@ -98,7 +99,7 @@ def train_and_evaluate(race, threads=None, logical_cpus=None):
     config = loop.TrainConfig(
         model_dir="", records=race.records, recipe=recipes.resolve(race.recipe),
         model=race.model, held_out_fold=race.held_out_fold, epochs=race.epochs,
-        crop_size=race.crop_size, precision=race.precision, seed=race.seed,
+        crop_size=race.crop_size, precision=race.precision, seed=race.seed, cache=race.cache,
         input_threads=threads)
     job = loop.prepare(config, backend)
     run_step, stream = loop.train_step(job), loop.batches(job, 0)
