@@ -7,7 +7,8 @@
 #   bash launch/single_node.sh --module=trainer.cross_validate --records=... --model_dir=...
 #
 # With GPUs: horovodrun with one process per GPU (default) or one --strategy=mirrored process.
-# Without: one process, or --np N Horovod processes over Gloo, threads split between them.
+# Without: one process, or --np N Horovod processes over Gloo, cores split between them
+# (each rank bound to its own: launch/host.py).
 # Every other flag goes to trainer.main (or the --module run).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -82,6 +82,8 @@ def test_single_node_two_gloo_processes_train(tmp_path):
     assert sorted(r["process"] for r in starts) == [0, 1]
     assert {r["strategy"] for r in starts} == {"horovod"}
     assert all(r["host"] and r["devices"] for r in starts)
+    if len(os.sched_getaffinity(0)) >= 2:  # each rank computes on its own cores
+        assert not set(starts[0]["cpus"]) & set(starts[1]["cpus"])
 
 
 def test_multi_node_tf_backend_with_two_hosts_on_this_machine(tmp_path):

@@ -294,7 +294,8 @@ def _describe_run(job):
 def _announce_start(writer, run, restored, first):
     writer.announce("start", host=socket.gethostname(), pid=os.getpid(),
                     devices=[d.name for d in tf.config.list_logical_devices()
-                             if d.device_type in ("CPU", "GPU")], **run)
+                             if d.device_type in ("CPU", "GPU")],
+                    cpus=sorted(os.sched_getaffinity(0)), **run)
     print(f"{run['model']}: {run['trainable_parameters']:,} trainable parameters, "
           f"{run['flops_per_image'] / 1e9:.4f} GFLOP forward per image; "
           f"{run['strategy']} with {run['replicas']} replicas; global batch "
