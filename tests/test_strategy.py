@@ -49,3 +49,17 @@ def test_horovod_ranks_read_their_own_pipeline(horovodrun, python):
     assert all(r["calls"][0][0] == 2 and r["calls"][0][2] == 4 for r in reports)
     # Rank r reads 0+r, 2+r, ... : the first batches are [0, 2, 4, 6] and [1, 3, 5, 7].
     assert all(r["sum"] == sum(range(8)) for r in reports)
+
+
+def test_a_signal_between_two_loops_stops_the_second(python):
+    # cross_validate: a signal during a finished fold's evaluation reaches that fold's handler;
+    # the next fold must not start training as if nothing had been asked.
+    code = ("import os, signal; from trainer import strategy\n"
+            "first = strategy.StopSignal(agree=lambda requested: requested)\n"
+            "assert not first.requested(0)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "second = strategy.StopSignal(agree=lambda requested: requested)\n"
+            "print(second.requested(0), second.received)")
+    result = run([python, "-c", code])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "SIGTERM"]

@@ -8,7 +8,9 @@ published figures.
   python -m trainer.cross_validate ... --time_steps=20   # first: the expected time, measured
 
 Fold k trains in MODEL_DIR/fold<k>; a rerun resumes an unfinished fold and re-evaluates the
-finished ones. A stop signal ends the whole run after saving the current fold (exit 0).
+finished ones. A stop signal ends the whole run after saving the current fold (exit 0); one
+that arrives while a finished fold is evaluated lets the evaluation end, then stops the run at
+the next fold's first step (under one process and Horovod; `multi_worker` may not see it).
 """
 
 import json

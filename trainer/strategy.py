@@ -268,7 +268,10 @@ class StopSignal:
 
     def __init__(self, agree):
         self._agree = agree
-        self._received = None
+        # A signal that reached an earlier loop's StopSignal after that loop ended (during
+        # cross_validate's evaluation of a finished fold) stops this loop at its first step.
+        earlier = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+        self._received = earlier.received if isinstance(earlier, StopSignal) else None
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._receive)
 
