@@ -131,13 +131,13 @@ def configure_threads(processes=None):
 
     rank = None if processes else local_rank()
     processes = processes or processes_on_this_host()
-    cores = available_cores()
+    cpus = sorted(os.sched_getaffinity(0))
     bound_to = None
     if processes > 1 and rank is not None and not tf.config.list_physical_devices("GPU"):
-        bound_to = own_cores(sorted(os.sched_getaffinity(0)), processes, rank)
+        bound_to = own_cores(cpus, processes, rank)
         intra, inter = len(bound_to), BOUND_INTER_OP_THREADS
     else:
-        intra, inter = thread_counts(processes, cores)
+        intra, inter = thread_counts(processes, len(cpus))
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
@@ -147,5 +147,5 @@ def configure_threads(processes=None):
             f"(call it at the top of the entry point): {error}") from error
     if bound_to:
         bind(bound_to)
-    return {"cores": cores, "processes": processes, "intra_op": intra, "inter_op": inter,
+    return {"cores": len(cpus), "processes": processes, "intra_op": intra, "inter_op": inter,
             "bound_to": bound_to}
