@@ -7,6 +7,7 @@ Keys are stable and prefixed by where they come from: "train/loss", "eval/accura
 
 import json
 import os
+import sys
 import time
 
 import tensorflow as tf
@@ -71,4 +72,12 @@ class MetricWriter:
 
 
 def _print(record):
-    print(json.dumps(record), flush=True)
+    say(json.dumps(record))
+
+
+def say(text):
+    """Prints `text` as one line in one write. The workers of `multi_node.sh --backend=tf` share
+    one stdout pipe, and print() writes the line and its newline separately: two workers printing
+    at once would run their lines together into one that parses as neither."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -296,11 +296,11 @@ def _announce_start(writer, run, restored, first):
                     devices=[d.name for d in tf.config.list_logical_devices()
                              if d.device_type in ("CPU", "GPU")],
                     cpus=sorted(os.sched_getaffinity(0)), **run)
-    print(f"{run['model']}: {run['trainable_parameters']:,} trainable parameters, "
-          f"{run['flops_per_image'] / 1e9:.4f} GFLOP forward per image; "
-          f"{run['strategy']} with {run['replicas']} replicas; global batch "
-          f"{run['global_batch_size']} ({run['per_replica_batch_size']} per replica); "
-          f"{run['total_steps']} steps, learning rate {run['learning_rate']:g}", flush=True)
+    logs.say(f"{run['model']}: {run['trainable_parameters']:,} trainable parameters, "
+             f"{run['flops_per_image'] / 1e9:.4f} GFLOP forward per image; "
+             f"{run['strategy']} with {run['replicas']} replicas; global batch "
+             f"{run['global_batch_size']} ({run['per_replica_batch_size']} per replica); "
+             f"{run['total_steps']} steps, learning rate {run['learning_rate']:g}")
     if restored:
         writer.announce("restored", step=first, checkpoint=restored,
                         remaining_steps=run["total_steps"] - first)
