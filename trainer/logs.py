@@ -30,7 +30,8 @@ class MetricWriter:
 
     def announce(self, event, **fields):
         """A line from any process (not a metric): {"event", "process", ...}."""
-        _print({"event": event, "process": self._process_index, "time": time.time(), **fields})
+        say(json.dumps({"event": event, "process": self._process_index, "time": time.time(),
+                        **fields}))
 
     def write(self, step, values):
         """One record of metrics at `step` from the chief: scalars go to TensorBoard too.
@@ -42,7 +43,7 @@ class MetricWriter:
         if not self._is_chief:
             return
         record = {"step": int(step), "time": time.time(), **values}
-        _print(record)
+        say(json.dumps(record))
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for key, value in values.items():
@@ -69,10 +70,6 @@ class MetricWriter:
             self._summaries[run] = tf.summary.create_file_writer(
                 os.path.join(self._tensorboard, run))
         return self._summaries[run]
-
-
-def _print(record):
-    say(json.dumps(record))
 
 
 def say(text):
