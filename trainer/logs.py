@@ -42,9 +42,9 @@ class MetricWriter:
         """
         if not self._is_chief:
             return
-        record = {"step": int(step), "time": time.time(), **values}
-        say(json.dumps(record))
-        self._file.write(json.dumps(record) + "\n")
+        line = json.dumps({"step": int(step), "time": time.time(), **values})
+        say(line)
+        self._file.write(line + "\n")
         self._file.flush()
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
