@@ -41,7 +41,7 @@ DEFAULT_SUBJECTS = 100
 DEFAULT_IMAGE_SIZE = 816  # the real aligned images' size
 MIN_IMAGE_SIZE, JPEG_QUALITY, PROGRESS_SECONDS = 16, 90, 2.0
 
-# Rows per age string in the real fold files (shared/README.md): people are labelled with these
+# Rows per age string in the real fold files (tests/data/adience): people are labelled with these
 # shares, so that rows come out in the real proportions.
 AGE_LABEL_ROWS = {
     "(25, 32)": 5004, "(0, 2)": 2488, "(38, 43)": 2293, "(4, 6)": 2140, "(8, 12)": 2124,

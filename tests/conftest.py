@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The real Adience fold files (metadata, no images), kept in the repository: tests/data/adience.
+REAL_FOLDS = REPO / "tests" / "data" / "adience"
 VENV_BIN = pathlib.Path(sys.executable).parent
 
 

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
+from conftest import REAL_FOLDS
 from input import adience
 
-REAL_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "adience"
 REAL_ROWS = 19370
 REAL_USERS = 168
 
@@ -38,14 +38,14 @@ RULE_COLUMN = {"paper": 1, "nearest": 2}
 
 @functools.cache
 def read_real(task="age", age_rule="paper"):
-    return adience.read_examples(REAL_DIR, task=task, age_rule=age_rule, check_images=False)
+    return adience.read_examples(REAL_FOLDS, task=task, age_rule=age_rule, check_images=False)
 
 
 def raw_rows():
     """The real rows as the csv module reads them: an independent check of our parser."""
     rows = []
     for fold in range(adience.FOLDS):
-        with open(REAL_DIR / adience.FOLD_FILE.format(fold), newline="") as f:
+        with open(REAL_FOLDS / adience.FOLD_FILE.format(fold), newline="") as f:
             rows += csv.DictReader(f, delimiter="\t")
     return rows
 
@@ -59,7 +59,7 @@ def copy_folds(directory, data_rows=None, newline="\n", trailing_newline=False):
     """Writes the real fold files (or their first `data_rows` rows) into `directory`."""
     for fold in range(adience.FOLDS):
         name = adience.FOLD_FILE.format(fold)
-        lines = (REAL_DIR / name).read_text().split("\n")
+        lines = (REAL_FOLDS / name).read_text().split("\n")
         lines = lines if data_rows is None else lines[:1 + data_rows]
         text = newline.join(lines) + (newline if trailing_newline else "")
         (directory / name).write_bytes(text.encode())
@@ -224,7 +224,7 @@ def test_duplicate_rows_are_kept_once(tmp_path):
     examples, report = adience.read_examples(tmp_path, check_images=False)
     real_examples, _ = read_real()
     assert (report.rows, report.duplicates, report.problems) == (REAL_ROWS + 1, 1, [])
-    assert relative(examples, tmp_path) == relative(real_examples, REAL_DIR)
+    assert relative(examples, tmp_path) == relative(real_examples, REAL_FOLDS)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -292,7 +292,7 @@ def test_crlf_and_trailing_newline_parse_the_same(tmp_path, newline, trailing_ne
     copy_folds(tmp_path, newline=newline, trailing_newline=trailing_newline)
     examples, report = adience.read_examples(tmp_path, check_images=False)
     real_examples, real_report = read_real()
-    assert relative(examples, tmp_path) == relative(real_examples, REAL_DIR)
+    assert relative(examples, tmp_path) == relative(real_examples, REAL_FOLDS)
     assert report == real_report
 
 

@@ -2,21 +2,20 @@
 
 import collections
 import functools
-import pathlib
 import re
 
 import pytest
 
+from conftest import REAL_FOLDS
 from input import adience, splits
 
-REAL_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "adience"
 FRACTION_TOLERANCE = 0.03  # the largest album holds 4.3% of the examples
 SEEDS = (0, 1, 2, 3)
 
 
 @functools.cache
 def real_examples():
-    return adience.read_examples(REAL_DIR, check_images=False)[0]
+    return adience.read_examples(REAL_FOLDS, check_images=False)[0]
 
 
 def example(user_id, original_image, face_id="1", fold=0):
@@ -138,7 +137,7 @@ def test_a_photo_filed_under_two_user_ids_is_named():
 
 
 def test_splits_of_the_gender_task_are_subject_exclusive_too():
-    examples, _ = adience.read_examples(REAL_DIR, task="gender", check_images=False)
+    examples, _ = adience.read_examples(REAL_FOLDS, task="gender", check_images=False)
     for protocol in splits.PROTOCOLS:
         split = splits.make_splits(examples, protocol, seed=0)
         assert sum(map(len, split.values())) == len(examples)

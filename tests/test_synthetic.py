@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, json_lines, run
+from conftest import REAL_FOLDS, json_lines, run
 from input import adience
 from input import faces
 from input import synthetic
 
-REAL_FOLDS = REPO.parent / "shared" / "adience"
 OFF_GRID = {"(27, 32)", "(38, 42)", "(38, 48)", "(8, 23)"}
 FEATURE_SIDE, GRADIENT_CELLS, GRADIENT_BINS, RIDGE = 16, 8, 6, 1000.0
 

@@ -3,7 +3,8 @@
 Training step: forward and backward (compiled with XLA under --xla), then the strategy's
 gradient reduction, the solver's per-variable learning-rate multipliers, and
 `optimizer.apply_gradients`, which stay outside XLA: compiling them fails under
-MirroredStrategy and under MultiWorkerMirroredStrategy on CPU (../shared/FACTS.md).
+MirroredStrategy (a resource of replica 1 read from CPU:0) and under
+MultiWorkerMirroredStrategy on CPU (XLA has no CPU collectives).
 
 The loss each replica differentiates is its share of the global batch's mean
 (strategy.replica_loss) plus its share of the L2 term (divided by the number of replicas), so
