@@ -1,6 +1,9 @@
 """trainer.export and trainer.predict: a SavedModel that takes image bytes, serves what
-evaluation computes, loads without the project, and a predict command that survives bad files."""
+evaluation computes, loads without the project, and a predict command that survives bad files;
+user mistakes and disk faults of both are one error line, and a failed export leaves nothing."""
 
+import contextlib
+import errno
 import os
 import subprocess
 
@@ -11,7 +14,9 @@ import tensorflow as tf
 from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, json_lines, run, train
 from input import images
 from input import schema
+from launch import entry
 from trainer import checkpoint as checkpoint_lib
+from trainer.serving import saved_model
 
 TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
          "--learning_rate=0.05", "--steps=3"]
@@ -144,7 +149,7 @@ def test_predict_reports_a_bad_file_and_goes_on(python, exported, synthetic_tree
     (folder / "0-corrupt.jpg").write_bytes(faces[0].read_bytes()[:100])
     (folder / "notes.txt").write_text("not an image")
     result = run([python, "-m", "trainer.predict", f"--saved_model={exported[1]}", "--json",
-                  "--batch_size=2", folder, tmp_path / "missing.png"])
+                  "--images_per_call=2", folder, tmp_path / "missing.png"])
     assert result.returncode == 1
     lines = json_lines(result.stdout)
     assert [os.path.basename(line["file"]) for line in lines] == (
@@ -167,3 +172,169 @@ def test_exporting_a_checkpoint_of_another_model_is_a_clear_error(python, traine
     assert result.returncode == 2
     assert "is not a checkpoint of a tiny model for age" in result.stderr
     assert not (tmp_path / "export").exists()
+
+
+def assert_one_error(result, exit_code, *named):
+    """A user mistake or a fault: the exit code, exactly one `error:` line on stderr (TF's own
+    start-up lines may precede it) naming each of `named`, and no traceback; returns the line."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for text in named:
+        assert str(text) in errors[0], errors[0]
+    return errors[0]
+
+
+@contextlib.contextmanager
+def mounted(directory, options):
+    """A tmpfs mounted at `directory` with `options` ("ro", "size=64k"), unmounted after; the
+    test is skipped where it cannot be mounted (not root: chmod does not stop root)."""
+    directory.mkdir()
+    if os.geteuid() != 0 or run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
+                                 directory]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield directory
+    finally:
+        run(["umount", directory])
+
+
+def test_a_job_folder_and_an_export_dir_are_required(python, tmp_path):
+    result = export(python, tmp_path, tmp_path / "export")
+    assert_one_error(result, 2, f"{tmp_path}")
+    assert not (tmp_path / "export").exists()
+    no_export_dir = run([python, "-m", "trainer.export", f"--model_dir={tmp_path}"])
+    assert_one_error(no_export_dir, 2, "--export_dir")
+
+
+def test_an_existing_export_is_never_overwritten(python, trained, exported):
+    before = sorted(path.name for path in exported[1].iterdir())
+    assert_one_error(export(python, trained, exported[1]), 2, exported[1], "exists")
+    assert sorted(path.name for path in exported[1].iterdir()) == before
+
+
+@pytest.mark.parametrize("where, cause", [("file", "is a file"),
+                                          ("under_a_file", "not a directory")])
+def test_an_export_dir_that_is_a_file_or_under_one_is_refused(python, trained, tmp_path, where,
+                                                              cause):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's")
+    export_dir = a_file if where == "file" else a_file / "export"
+    assert_one_error(export(python, trained, export_dir), 2, export_dir, cause)
+    assert a_file.read_text() == "the user's"
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_read_only_export_dir_is_refused_before_any_work(python, trained, tmp_path):
+    with mounted(tmp_path / "read_only", "ro,size=1m") as read_only:
+        export_dir = read_only / "models" / "export"
+        assert_one_error(export(python, trained, export_dir), 2, export_dir,
+                         "read-only file system")
+        assert list(read_only.iterdir()) == []
+
+
+def test_a_read_only_export_dir_is_refused_injected(trained, tmp_path, monkeypatch):
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    export_dir = tmp_path / "export"
+    with pytest.raises(entry.UserError, match="read-only file system") as error:
+        saved_model.export(str(trained), str(export_dir))
+    assert str(export_dir) in str(error.value)
+    assert error.value.exit_code == entry.USAGE_EXIT_CODE
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_the_export_leaves_nothing(python, trained, tmp_path):
+    with mounted(tmp_path / "small", "size=64k") as small:
+        export_dir = small / "export"
+        assert_one_error(export(python, trained, export_dir), 1, export_dir,
+                         "no space left on device")
+        assert list(small.iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", [
+    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "saved_model.pb"),
+    tf.errors.ResourceExhaustedError(None, None, "variables/variables.index; No space left on "
+                                     "device [Op:MergeV2Checkpoints]"),
+], ids=["OSError", "TensorFlow"])
+def test_a_full_disk_during_the_export_leaves_nothing_injected(trained, tmp_path, monkeypatch,
+                                                               fault):
+    def half_saved(module, export_dir, signatures):
+        os.makedirs(os.path.join(export_dir, "variables"))
+        with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+            f.write(b"half")
+        raise fault
+
+    monkeypatch.setattr(tf.saved_model, "save", half_saved)
+    export_dir = tmp_path / "models" / "export"
+    with pytest.raises(entry.Failure, match="no space left on device") as error:
+        saved_model.export(str(trained), str(export_dir))
+    assert str(export_dir) in str(error.value)
+    assert error.value.exit_code == entry.FAULT_EXIT_CODE
+    assert list(tmp_path.iterdir()) == []  # nor the folder the export created for it
+
+
+def test_what_a_killed_export_left_is_removed_and_nothing_else(python, trained, tmp_path):
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    left = tmp_path / saved_model.temporary_name("export", ended.pid)
+    (left / "variables").mkdir(parents=True)
+    (left / "saved_model.pb").write_bytes(b"half")
+    for name in ("export.tmp-notes", "export.tmp-1.bak"):
+        (tmp_path / name).write_text("the user's")
+    result = export(python, trained, tmp_path / "export")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "export", "export.tmp-1.bak", "export.tmp-notes"]
+
+
+def predict(python, saved_model_dir, *args):
+    return run([python, "-m", "trainer.predict", f"--saved_model={saved_model_dir}", *args])
+
+
+def test_predict_on_a_folder_without_images_is_an_error(python, exported, synthetic_tree,
+                                                        tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_error(predict(python, exported[1], empty), 1, f"no images in {empty}")
+    face = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[0]
+    mixed = predict(python, exported[1], "--json", empty, face)
+    assert mixed.returncode == 1
+    lines = json_lines(mixed.stdout)
+    assert lines[0] == {"file": str(empty), "error": "no images in this folder"}
+    assert lines[1]["file"] == str(face) and "label" in lines[1]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "a_file"])
+def test_predict_refuses_a_saved_model_that_is_not_one(python, synthetic_tree, tmp_path, case):
+    path = tmp_path / "model"
+    if case == "empty_folder":
+        path.mkdir()
+    elif case == "a_file":
+        path.write_text("not a model")
+    face = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[0]
+    assert_one_error(predict(python, path, face), 2, f"--saved_model {path}")
+
+
+def test_predict_needs_a_saved_model_and_a_file(python, exported, synthetic_tree):
+    face = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[0]
+    assert_one_error(run([python, "-m", "trainer.predict", face]), 2, "--saved_model")
+    assert_one_error(run([python, "-m", "trainer.predict", f"--saved_model={exported[1]}"]), 2,
+                     "IMAGE")
+
+
+def test_predict_batch_size_is_the_old_name_of_images_per_call(python, exported,
+                                                               synthetic_tree):
+    faces = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[:3]
+    new = predict(python, exported[1], "--json", "--images_per_call=2", *faces)
+    old = predict(python, exported[1], "--json", "--batch_size=2", *faces)
+    assert new.returncode == 0 and old.returncode == 0, old.stderr[-3000:]
+    assert json_lines(old.stdout) == json_lines(new.stdout)
+    pointers = [line for line in old.stderr.splitlines() if "--images_per_call" in line]
+    assert len(pointers) == 1 and "--batch_size" in pointers[0]
+    assert not [line for line in new.stderr.splitlines() if "--batch_size" in line]
+    both = predict(python, exported[1], "--batch_size=2", "--images_per_call=2", faces[0])
+    assert_one_error(both, 2, "--images_per_call")

@@ -1,0 +1,104 @@
+"""Predictions of an exported SavedModel on image files: listed, read, batched, described.
+
+Input: face crops like Adience's aligned faces (one face, roughly centred and upright, any
+size, JPEG/PNG/BMP/GIF). A folder stands for the files in it (sorted, not recursive). Each file
+is checked on its own before it joins a batch: one undecodable string fails a whole call of
+the SavedModel.
+"""
+
+import os
+
+import tensorflow as tf
+
+from launch import entry
+
+TOP = 3  # classes shown per image
+SIGNATURE = "serving_default"
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+NO_IMAGES = "no images in this folder"
+
+
+def check_saved_model(saved_model):
+    """entry.UserError, before TensorFlow loads anything, for a path that is not a SavedModel."""
+    if not os.path.isdir(saved_model):
+        cause = "is a file, not a folder" if os.path.lexists(saved_model) else "not found"
+        raise entry.UserError(f"--saved_model {saved_model}: {cause}")
+    if not any(os.path.isfile(os.path.join(saved_model, name)) for name in _SAVED_MODEL_FILES):
+        raise entry.UserError(f"--saved_model {saved_model} is not a SavedModel (no "
+                              f"{_SAVED_MODEL_FILES[0]} in it): give a folder written by "
+                              f"trainer.export")
+
+
+def load(saved_model):
+    """(the serving function, its class names) of a SavedModel written by trainer.export, once
+    check_saved_model() has passed."""
+    model = tf.saved_model.load(saved_model)
+    if SIGNATURE not in model.signatures or not hasattr(model, "class_names"):
+        raise entry.UserError(f"--saved_model {saved_model} is a SavedModel but not one written "
+                              f"by trainer.export (no {SIGNATURE} signature or class names)")
+    return model.signatures[SIGNATURE], [name.decode() for name in model.class_names.numpy()]
+
+
+def image_files(paths):
+    """[(path, None)] for each file named and each file in a folder named; a folder with no file
+    in it is (folder, NO_IMAGES). entry.Failure when there is no file at all."""
+    listed = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = [os.path.join(path, name) for name in sorted(os.listdir(path))]
+            files = [name for name in inside if os.path.isfile(name)]
+            listed += [(name, None) for name in files] or [(path, NO_IMAGES)]
+        else:
+            listed.append((path, None))  # a missing file is reported when it is read
+    if all(reason == NO_IMAGES for _, reason in listed):
+        raise entry.Failure(f"no images in {', '.join(paths)}")
+    return listed
+
+
+def read_image(path):
+    """The file's bytes if TensorFlow decodes them as an image, else (None, the reason)."""
+    try:
+        with open(path, "rb") as f:
+            encoded = f.read()
+        tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return encoded, None
+    except OSError as error:
+        return None, error.strerror or str(error)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+        # TF's message: "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage]"
+        reason = error.message.split("}} ")[-1].split(" [Op:")[0]
+        return None, f"not a readable image ({reason})"
+
+
+def predict(serve, class_names, listed, images_per_call):
+    """Yields one result dict per entry of image_files(), in order: a prediction or an error."""
+    pending = []
+
+    def flush():
+        outputs = serve(image_bytes=tf.constant([encoded for _, encoded in pending]))
+        for (path, _), probabilities in zip(pending, outputs["probabilities"].numpy()):
+            ranked = probabilities.argsort()[::-1][:TOP]
+            yield {"file": path, "label": class_names[ranked[0]],
+                   "probability": float(probabilities[ranked[0]]),
+                   "top": [[class_names[i], float(probabilities[i])] for i in ranked]}
+        pending.clear()
+
+    for path, error in listed:
+        encoded, error = (None, error) if error else read_image(path)
+        if error:
+            yield from flush() if pending else ()
+            yield {"file": path, "error": error}
+            continue
+        pending.append((path, encoded))
+        if len(pending) == images_per_call:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def describe(result):
+    """One line of text of a result of predict()."""
+    if "error" in result:
+        return f"{result['file']}: error: {result['error']}"
+    top = ", ".join(f"{label} {p:.2f}" for label, p in result["top"])
+    return f"{result['file']}: {result['label']} ({result['probability']:.2f}); top {TOP}: {top}"
