@@ -9,20 +9,31 @@ launch/single_node.sh and launch/multi_node.sh, which print the command they run
 Horovod: one process per GPU (per slot on a CPU machine), `horovodrun -H`. tf: one
 MultiWorkerMirroredStrategy worker per host, each with a generated TF_CONFIG, started over ssh
 (or directly, for hosts that are this machine), each mirrored over its host's GPUs.
+
+A mistake in the launcher's own flags (a host list that is not host[:slots](,host[:slots])*, a
+port out of range, a stray argument) is one `error:` line on stderr and exit code 2, before
+anything starts.
 """
 
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 
+from launch import entry
+
 TRAINER_MODULE = "trainer.main"
 TRAINER = ("-m", TRAINER_MODULE)
 SINGLE_NODE_MODULES = (TRAINER_MODULE, "trainer.cross_validate")  # they take the same flags
 BASE_PORT = 23456  # MultiWorkerMirroredStrategy's first worker port; host i uses BASE_PORT + i
+PORTS = (1024, 65535)  # the TCP ports a worker may listen on without root
+_HOST = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
+HOSTS_ITEM = re.compile(_HOST + r"(?::(\d+))?")  # host[:slots], an item of --hosts
+HOSTFILE_LINE = re.compile(_HOST + r"(?:\s+slots=(\d+)|:(\d+))?")  # host slots=N, host:N
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 30  # for the survivors to save a checkpoint and exit, before SIGKILL
@@ -46,37 +57,79 @@ def gpu_count():
 
 
 def parse_hosts(hosts=None, hostfile=None):
-    """[(host, slots)] from "h1:4,h2:4" or a hostfile of "host slots=N" (or "host:N") lines."""
+    """[(host, slots)] from "h1:4,h2:4" or a hostfile of "host slots=N" (or "host:N") lines;
+    entry.UserError naming the item, or the file and line, that is not one."""
+    if hosts and hostfile:
+        raise entry.UserError("give --hosts or --hostfile, not both")
     entries = []
     if hostfile:
-        with open(hostfile) as f:
-            for number, line in enumerate(f, 1):
-                line = line.split("#")[0].strip()
-                if not line:
-                    continue
-                name, _, rest = line.partition(" ")
-                slots = rest.strip().removeprefix("slots=") if rest else None
-                entries.append(_host_entry(name if slots else line, slots,
-                                           f"{hostfile}:{number}"))
-    else:
-        for item in (hosts or "").split(","):
-            if item.strip():
-                entries.append(_host_entry(item.strip(), None, f"--hosts {hosts}"))
+        entries = _hostfile_entries(hostfile)
+    elif hosts:
+        entries = _hosts_entries(hosts)
     if not entries:
-        raise ValueError("no hosts: give --hosts=host1:4,host2:4 or --hostfile=FILE")
+        raise entry.UserError("no hosts: give --hosts=host1:4,host2:4 or --hostfile=FILE")
+    return entries
+
+
+def _hosts_entries(hosts):
+    entries = []
+    for item in hosts.split(","):
+        match = HOSTS_ITEM.fullmatch(item)
+        if not match:
+            what = f"{item!r} is not host[:slots]" if item else "an empty item"
+            raise entry.UserError(f"--hosts={hosts}: {what}; expected "
+                                  f"host[:slots](,host[:slots])* without spaces, e.g. "
+                                  f"host1:4,host2:4")
+        entries.append(_host_entry(match.group(1), match.group(2), f"--hosts={hosts}"))
+    return entries
+
+
+def _hostfile_entries(hostfile):
+    try:
+        with open(hostfile) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise entry.UserError(f"--hostfile {entry.path_error(error)}") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        match = HOSTFILE_LINE.fullmatch(line)
+        if not match:
+            raise entry.UserError(f"{hostfile}:{number}: {line!r} is not 'host slots=N', "
+                                  f"'host:N' or 'host'")
+        entries.append(_host_entry(match.group(1), match.group(2) or match.group(3),
+                                   f"{hostfile}:{number}"))
     return entries
 
 
 def _host_entry(name, slots, where):
-    if slots is None:
-        name, _, slots = name.partition(":")
-    try:
-        count = int(slots or 1)
-    except ValueError:
-        raise ValueError(f"{where}: slots of {name!r} must be a number, not {slots!r}") from None
-    if count < 1:
-        raise ValueError(f"{where}: {name} needs at least one slot")
-    return name, count
+    if slots is not None and int(slots) < 1:
+        raise entry.UserError(f"{where}: {name} needs at least one slot, not {slots}")
+    return name, int(slots or 1)
+
+
+def check_ports(base_port, hosts):
+    """Refuses worker ports (base_port, base_port + 1, ... one per host) outside PORTS."""
+    low, high = PORTS
+    last = base_port + len(hosts) - 1
+    if not low <= base_port <= high:
+        raise entry.UserError(f"--base_port={base_port}: must be within {low}-{high}")
+    if last > high:
+        raise entry.UserError(f"--base_port={base_port}: {len(hosts)} hosts need ports "
+                              f"{base_port}-{last}, past {high}")
+
+
+def stray_arguments(trainer_flags):
+    """The arguments that are neither a flag nor the value of the flag before them (`--name
+    value`): e.g. `:4,` and `host2:4` of `--hosts=host1 :4, host2:4`, split by the shell."""
+    stray = []
+    for previous, argument in zip([None] + trainer_flags, trainer_flags):
+        takes_value = previous is not None and previous.startswith("-") and "=" not in previous
+        if not argument.startswith("-") and not takes_value:
+            stray.append(argument)
+    return stray
 
 
 def single_node_command(python, trainer_flags, gpus, processes=None, mode="horovod",
@@ -133,9 +186,13 @@ def _run_all(commands, grace_seconds=GRACE_SECONDS):
     checkpoint), then SIGKILL after `grace_seconds`: no worker waits forever in a collective
     for a dead peer. Returns the first non-zero exit code, else 0."""
     processes = []
-    for _, command, environment in commands:
-        _show(command, environment)
-        processes.append(subprocess.Popen(command, env={**os.environ, **environment}))
+    try:
+        for _, command, environment in commands:
+            _show(command, environment)
+            processes.append(subprocess.Popen(command, env={**os.environ, **environment}))
+    except OSError:  # a command that is not there: the workers already started must not wait
+        _stop(processes, grace_seconds)
+        raise
     while any(process.poll() is None for process in processes):
         failed = [i for i, process in enumerate(processes) if process.poll()]
         if failed:
@@ -162,8 +219,17 @@ def _stop(processes, grace_seconds):
             process.kill()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are the project's one error line and exit code 2, not its usage
+    text."""
+
+    def error(self, message):
+        entry.say_error(f"{message} (--help lists the flags)")
+        sys.exit(entry.USAGE_EXIT_CODE)
+
+
+def _parser():
+    parser = _Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("layout", choices=["single_node", "multi_node"])
     parser.add_argument("--np", type=int, default=None, help="processes (single node)")
     parser.add_argument("--mode", choices=["horovod", "mirrored"], default="horovod")
@@ -174,37 +240,57 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["horovod", "tf"], default="horovod")
     parser.add_argument("--network_interface", help="Horovod's --network-interface")
     parser.add_argument("--controller", choices=["gloo", "mpi"], default="gloo")
-    parser.add_argument("--base_port", type=int, default=BASE_PORT)
+    parser.add_argument("--base_port", type=int, default=BASE_PORT,
+                        help=f"first worker port of --backend=tf ({PORTS[0]}-{PORTS[1]})")
     parser.add_argument("--grace_seconds", type=float, default=GRACE_SECONDS,
                         help="after a worker fails, the others' time to stop before SIGKILL")
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
-    args, trainer_flags = parser.parse_known_args(argv)
-    trainer_flags = [flag for flag in trainer_flags if flag != "--"]
-    python = sys.executable
+    return parser
+
+
+def commands_of(args, trainer_flags, python=sys.executable):
+    """[(host, command, environment additions)] of the parsed flags; entry.UserError for a
+    mistake in them."""
+    stray = stray_arguments(trainer_flags)
+    if stray:
+        raise entry.UserError(f"unexpected argument(s): {' '.join(stray)} (the trainer's "
+                              f"flags go as --name=value; --hosts takes host1:4,host2:4 "
+                              f"without spaces)")
+    if args.np is not None and args.np < 1:
+        raise entry.UserError(f"--np={args.np}: must be at least 1")
+    if args.grace_seconds < 0:
+        raise entry.UserError(f"--grace_seconds={args.grace_seconds}: must not be negative")
     if args.layout == "single_node":
         command, environment = single_node_command(python, trainer_flags, gpu_count(),
                                                    args.np, args.mode, args.module)
-        commands = [("localhost", command, environment)]
-    elif args.module != TRAINER_MODULE:
-        print("error: --module is for single_node; multi_node runs trainer.main",
-              file=sys.stderr)
-        return 2
-    else:
-        try:
-            hosts = parse_hosts(args.hosts, args.hostfile)
-        except (OSError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if args.backend == "horovod":
-            commands = [(None, horovod_command(python, trainer_flags, hosts,
-                                               args.network_interface, args.controller), {})]
-        else:
-            commands = tf_commands(python, trainer_flags, hosts, args.base_port)
+        return [("localhost", command, environment)]
+    if args.module != TRAINER_MODULE:
+        raise entry.UserError("--module is for single_node; multi_node runs trainer.main")
+    hosts = parse_hosts(args.hosts, args.hostfile)
+    check_ports(args.base_port, hosts)
+    if args.backend == "horovod":
+        return [(None, horovod_command(python, trainer_flags, hosts, args.network_interface,
+                                       args.controller), {})]
+    return tf_commands(python, trainer_flags, hosts, args.base_port)
+
+
+def main(argv=None):
+    args, trainer_flags = _parser().parse_known_args(argv)
+    trainer_flags = [flag for flag in trainer_flags if flag != "--"]
+    try:
+        commands = commands_of(args, trainer_flags)
+    except entry.UserError as error:
+        entry.say_error(error)
+        return entry.USAGE_EXIT_CODE
     if args.dry_run:
         for _, command, environment in commands:
             _show(command, environment)
         return 0
-    return _run_all(commands, args.grace_seconds)
+    try:
+        return _run_all(commands, args.grace_seconds)
+    except OSError as error:  # horovodrun or ssh missing
+        entry.say_error(entry.path_error(error))
+        return entry.FAULT_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@
 # MultiWorkerMirroredStrategy worker per host with a generated TF_CONFIG (ports from
 # --base_port), over ssh; a host named localhost or 127.0.0.1 runs here. The repository, its
 # .venv and the records must be at the same path on every host. --dry_run prints the commands.
+# A mistake in these flags (hosts, ports, a stray argument) is one error line, exit code 2.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$root/.venv/bin/python" -m launch.launcher multi_node "$@"
+python="$root/.venv/bin/python"
+if [[ ! -x $python ]]; then
+  echo "error: $python not found: run bash launch/setup.sh first" >&2
+  exit 2
+fi
+exec "$python" -m launch.launcher multi_node "$@"

@@ -13,4 +13,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$root/.venv/bin/python" -m launch.launcher single_node "$@"
+python="$root/.venv/bin/python"
+if [[ ! -x $python ]]; then
+  echo "error: $python not found: run bash launch/setup.sh first" >&2
+  exit 2
+fi
+exec "$python" -m launch.launcher single_node "$@"

@@ -1,14 +1,17 @@
 """launch/single_node.sh and launch/multi_node.sh: the commands they generate for remote hosts,
-and real jobs on this machine (Horovod over Gloo; 2 multi_worker "hosts" on 127.0.0.1)."""
+real jobs on this machine (Horovod over Gloo; 2 multi_worker "hosts" on 127.0.0.1), and one
+error line with exit code 2 for every mistake in their own flags."""
 
 import json
 import os
+import shutil
 import signal
 import time
 
 import pytest
 
-from conftest import TINY_CROP_SIZE, Watched, json_lines, run
+from conftest import REPO, TINY_CROP_SIZE, Watched, json_lines, run
+from launch import entry
 from launch import launcher
 
 TINY_JOB = ["--data=synthetic", "--model=tiny", f"--crop_size={TINY_CROP_SIZE}",
@@ -17,13 +20,88 @@ TINY_JOB = ["--data=synthetic", "--model=tiny", f"--crop_size={TINY_CROP_SIZE}",
 
 def test_hosts_from_a_list_or_a_hostfile(tmp_path):
     assert launcher.parse_hosts("node1:4,node2:4") == [("node1", 4), ("node2", 4)]
-    assert launcher.parse_hosts("node1") == [("node1", 1)]
+    assert launcher.parse_hosts("node1,10.0.0.2:2") == [("node1", 1), ("10.0.0.2", 2)]
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("# the cluster\nnode1 slots=4\nnode2:2\n\n")
-    assert launcher.parse_hosts(hostfile=str(hostfile)) == [("node1", 4), ("node2", 2)]
+    hostfile.write_text("# the cluster\nnode1 slots=4\nnode2:2\nnode3  # one slot\n\n")
+    assert launcher.parse_hosts(hostfile=str(hostfile)) == [("node1", 4), ("node2", 2),
+                                                             ("node3", 1)]
     hostfile.write_text("node1 slots=4\nnode2 slots=four\n")
-    with pytest.raises(ValueError, match=f"{hostfile}:2: slots of 'node2' must be a number"):
+    with pytest.raises(entry.UserError, match=f"{hostfile}:2: 'node2 slots=four' is not"):
         launcher.parse_hosts(hostfile=str(hostfile))
+
+
+def assert_one_error(result, *named):
+    """A launcher mistake: exit code 2, exactly one `error:` line on stderr naming each of
+    `named`, no traceback, no usage text, and nothing started or printed as started."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == entry.USAGE_EXIT_CODE, result.stderr[-3000:]
+    assert len(errors) == 1 and len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+    assert result.stdout == ""
+    for text in named:
+        assert text in errors[0], errors[0]
+
+
+def multi_node(*flags):
+    return run(["bash", "launch/multi_node.sh", *flags, "--dry_run", "--records=r",
+                "--model_dir=m"])
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--hosts=host1:4,host2;4"], ["--hosts=host1:4,host2;4", "'host2;4' is not host[:slots]"]),
+    (["--hosts=host1 :4, host2:4"], ["'host1 :4' is not host[:slots]"]),
+    (["--hosts=host1", ":4,", "host2:4"], ["unexpected argument(s): :4, host2:4"]),  # unquoted
+    (["--hosts=host1:0"], ["--hosts=host1:0", "host1 needs at least one slot"]),
+    (["--hosts=host1:-2"], ["'host1:-2' is not host[:slots]"]),
+    (["--hosts=host1:4,"], ["--hosts=host1:4,", "an empty item"]),
+    ([], ["no hosts"]),
+    (["--hosts=host1:4", "--hostfile=hosts.txt"], ["--hosts or --hostfile"]),
+    (["--hosts=host1:4", "--base_port=80"], ["--base_port=80", "1024-65535"]),
+    (["--hosts=host1:4", "--base_port=70000"], ["--base_port=70000", "1024-65535"]),
+    (["--hosts=host1:4,host2:4", "--backend=tf", "--base_port=65535"],
+     ["--base_port=65535", "2 hosts need ports 65535-65536"]),
+    (["--hosts=host1:4", "--base_port=high"], ["--base_port", "'high'"]),
+    (["--hosts=host1:4", "--backend=mpi"], ["--backend", "'mpi'"]),
+])
+def test_multi_node_refuses_a_mistake_with_one_line(flags, named):
+    assert_one_error(multi_node(*flags), *named)
+
+
+def test_multi_node_names_the_hostfile_line_that_is_not_a_host(tmp_path):
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("# the cluster\nnode1 slots=4\nnode2;4\n")
+    assert_one_error(multi_node(f"--hostfile={hostfile}"), f"{hostfile}:3", "'node2;4'")
+    hostfile.write_text("node1 slots=0\n")
+    assert_one_error(multi_node(f"--hostfile={hostfile}"), f"{hostfile}:1",
+                     "node1 needs at least one slot")
+    assert_one_error(multi_node(f"--hostfile={tmp_path / 'missing'}"),
+                     f"--hostfile {tmp_path / 'missing'}", "no such file")
+
+
+def test_multi_node_passes_good_hosts_and_trainer_flags_on():
+    result = multi_node("--hosts=host1:4,host2:4", "--model", "resnet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert " -np 8 -H host1:4,host2:4 --gloo " in result.stdout
+    assert result.stdout.rstrip().endswith("-m trainer.main --model resnet --records=r "
+                                           "--model_dir=m")
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--np", "0"], ["--np=0", "at least 1"]),
+    (["--np", "two"], ["--np", "'two'"]),
+    (["records_dir"], ["unexpected argument(s): records_dir"]),
+    (["--mode=horovod:2"], ["--mode", "'horovod:2'"]),
+])
+def test_single_node_refuses_a_mistake_with_one_line(flags, named):
+    assert_one_error(run(["bash", "launch/single_node.sh", *flags, "--dry_run"]), *named)
+
+
+@pytest.mark.parametrize("script", ["single_node.sh", "multi_node.sh"])
+def test_a_checkout_without_its_environment_says_how_to_make_it(tmp_path, script):
+    (tmp_path / "launch").mkdir()
+    shutil.copy(REPO / "launch" / script, tmp_path / "launch" / script)
+    result = run(["bash", tmp_path / "launch" / script, "--hosts=host1:4", "--dry_run"])
+    assert_one_error(result, f"{tmp_path}/.venv/bin/python not found", "launch/setup.sh")
 
 
 def test_horovod_command_for_remote_hosts():
@@ -70,7 +148,7 @@ def test_single_node_runs_cross_validate_the_same_way():
     assert default.stdout.rstrip().endswith("-m trainer.main --records=r --model_dir=m")
     refused = run(["bash", "launch/multi_node.sh", "--hosts=node1:1,node2:1",
                    "--module=trainer.cross_validate", *flags])
-    assert refused.returncode == 2 and "--module is for single_node" in refused.stderr
+    assert_one_error(refused, "--module is for single_node")
 
 
 def test_single_node_two_gloo_processes_train(tmp_path):
