@@ -1,13 +1,15 @@
-"""trainer.benchmark: a small matrix measured for real (tiny model, one process and two Horovod
-processes, synthetic and records), its table, JSON lines and ratios."""
+"""trainer.benchmark and trainer.time_to_accuracy (trainer/bench): a small matrix measured for
+real (tiny model, one process and two Horovod processes, synthetic and records), its table, JSON
+lines and ratios; a time-to-accuracy race; their flags."""
 
 import json
 
 import pytest
 
 from conftest import TINY_CROP_SIZE, run
-from trainer import benchmark
-from trainer import time_to_accuracy
+from trainer.bench import processes
+from trainer.bench import races
+from trainer.bench import throughput
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,11 +39,11 @@ def test_repeated_runs_of_a_cell_merge_over_all_their_windows():
     cell = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False,
             "data": "synthetic", "distribution": "one_device", "replicas": 1,
             "flops_per_image": 10.0}
-    runs = [benchmark.with_rates({**cell, "roof_flops": 1e4}, [100.0, 90.0, 80.0]),
-            benchmark.with_rates({**cell, "data": "records", "roof_flops": 1e4}, [70.0]),
-            benchmark.with_rates({**cell, "roof_flops": 2e4}, [60.0, 50.0, 120.0]),
+    runs = [throughput.with_rates({**cell, "roof_flops": 1e4}, [100.0, 90.0, 80.0]),
+            throughput.with_rates({**cell, "data": "records", "roof_flops": 1e4}, [70.0]),
+            throughput.with_rates({**cell, "roof_flops": 2e4}, [60.0, 50.0, 120.0]),
             {**cell, "data": "records", "error": "boom"}]
-    synthetic, records = benchmark.merged(runs)
+    synthetic, records = throughput.merged(runs)
     assert synthetic["runs"] == 2 and synthetic["rates"] == [100, 90, 80, 60, 50, 120]
     assert (synthetic["images_per_sec"], synthetic["min"], synthetic["max"]) == (85, 50, 120)
     assert synthetic["fraction_of_roof"] == pytest.approx(3 * 10 * 85 / 2e4)  # highest roof
@@ -56,7 +58,7 @@ def test_ratios_pair_each_cell_with_its_twin():
                 "images_per_sec": 99},
                {**base, "data": "synthetic", "distribution": "horovod:2", "images_per_sec": 90},
                {**base, "data": "records", "distribution": "horovod:2", "error": "boom"}]
-    lines = benchmark.ratios(results)
+    lines = throughput.ratios(results)
     assert lines == [
         "records / synthetic (m, one_device, fp32, xla=False): 0.96x (target >= 0.95: "
         "training is not input-bound)",
@@ -67,8 +69,8 @@ def test_ratios_pair_each_cell_with_its_twin():
 
 
 def test_time_to_accuracy_races_two_contenders_to_the_baselines_best(python, records, tmp_path):
-    result = run([python, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
-                  f"--records={records}", f"--crop_size={TINY_CROP_SIZE}",
+    result = run([python, "-m", "trainer.time_to_accuracy", f"--records={records}",
+                  f"--crop_size={TINY_CROP_SIZE}",
                   "--baseline=tiny:paper", "--improved=tiny:modern", "--budget_seconds=4",
                   "--eval_every_seconds=1", "--seed=3", "--cache",
                   f"--out_dir={tmp_path}"], timeout=600)
@@ -110,9 +112,9 @@ def test_time_to_target_is_the_first_evaluation_at_or_above_it():
                            "smoothed": a} for s, a in points]}
     baseline = race("baseline", [(10, 0.3), (60, 0.5), (90, 0.45)])
     improved = race("improved", [(5, 0.4), (20, 0.5)])
-    assert time_to_accuracy.time_to(baseline["curve"], 0.5) == 60
-    assert time_to_accuracy.time_to(improved["curve"], 0.6) is None
-    lines = time_to_accuracy.summary(baseline, [improved, race("improved 2", [(5, 0.4)])], 0.5)
+    assert races.time_to(baseline["curve"], 0.5) == 60
+    assert races.time_to(improved["curve"], 0.6) is None
+    lines = races.summary(baseline, [improved, race("improved 2", [(5, 0.4)])], 0.5)
     assert lines[-2:] == [
         "improved: 50.0% held-out exact accuracy 3.0x sooner than the baseline (20.0 s vs "
         "60.0 s; goal >= 3x)",
@@ -120,15 +122,68 @@ def test_time_to_target_is_the_first_evaluation_at_or_above_it():
 
 
 def test_a_contender_is_model_recipe_and_optional_precision():
-    assert time_to_accuracy.contender("resnet:modern:mixed_bfloat16") == {
+    assert races.contender("resnet:modern:mixed_bfloat16") == {
         "model": "resnet", "recipe": "modern", "precision": "mixed_bfloat16"}
-    assert time_to_accuracy.contender("levi_hassner:paper")["precision"] == "fp32"
+    assert races.contender("levi_hassner:paper")["precision"] == "fp32"
     with pytest.raises(ValueError, match="MODEL:RECIPE"):
-        time_to_accuracy.contender("resnet")
+        races.contender("resnet")
+
+
+def assert_usage_error(result, *named):
+    """Exit 2 and one `error:` line on stderr that names each of `named`, no traceback."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for name in named:
+        assert name in errors[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_an_unknown_data_source_is_named(python, tmp_path):
     result = run([python, "-m", "trainer.benchmark", "--data=synthetic,tfrecords",
                   f"--out_dir={tmp_path}"])
-    assert result.returncode == 2
-    assert "--data tfrecords: not one of synthetic, records, cached_records" in result.stderr
+    assert_usage_error(result, "--data tfrecords: not one of synthetic, records, cached_records")
+
+
+@pytest.mark.parametrize("command, flag", [
+    ("trainer.benchmark", "--distributions=one_device,horovod:x"),
+    ("trainer.time_to_accuracy", "--distribution=horovod:2")])  # a race runs in one process
+def test_a_bad_distribution_is_refused_by_name(python, tmp_path, command, flag):
+    result = run([python, "-m", command, flag, "--records=unused", f"--out_dir={tmp_path}"])
+    assert_usage_error(result, flag.split("=")[1].split(",")[-1])
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_a_distribution_is_one_device_horovod_n_or_mirrored_n():
+    parse = processes.Distribution.parse
+    assert (parse("one_device").processes, parse("one_device").logical_cpus) == (1, 0)
+    assert (parse("horovod:4").processes, parse("horovod:4").logical_cpus) == (4, 0)
+    assert (parse("mirrored:2").processes, parse("mirrored:2").logical_cpus) == (1, 2)
+    assert [str(parse(text)) for text in ("one_device", "horovod:4")] == ["one_device",
+                                                                          "horovod:4"]
+    for bad in ("horovod", "horovod:0", "mirrored:x", "one_device:2", "multi_worker:2", "auto"):
+        with pytest.raises(ValueError, match=f"'{bad}' is not a distribution"):
+            parse(bad)
+
+
+def test_the_old_mode_spelling_runs_time_to_accuracy_after_a_pointer(python, tmp_path):
+    # --baseline is a flag of trainer.time_to_accuracy only: its check answering shows that the
+    # old spelling ran the new command, with the other flags.
+    result = run([python, "-m", "trainer.benchmark", "--mode=time_to_accuracy",
+                  "--records=unused", "--baseline=levi_hassner", f"--out_dir={tmp_path}"])
+    pointers = [line for line in result.stderr.splitlines()
+                if "python -m trainer.time_to_accuracy" in line]
+    assert len(pointers) == 1 and "--baseline=levi_hassner" in pointers[0]
+    assert_usage_error(result, "--baseline", "MODEL:RECIPE")
+
+
+@pytest.mark.parametrize("command, own, foreign", [
+    ("trainer.benchmark", "--distributions", ["--baseline", "--mode", "--budget_seconds"]),
+    ("trainer.time_to_accuracy", "--baseline", ["--distributions", "--mode", "--windows"])])
+def test_help_lists_each_commands_own_flags_and_no_internal_ones(python, command, own,
+                                                                  foreign):
+    result = run([python, "-m", command, "--help"])
+    listed = {line.split(":")[0].strip() for line in result.stdout.splitlines()
+              if line.startswith("  --")}
+    assert {own, "--records", "--out_dir"} <= listed
+    assert not listed & {"--cell", "--race", *foreign}

@@ -1,8 +1,8 @@
-"""trainer.scaling: the ring all-reduce model against hand-computed figures."""
+"""trainer.bench.scaling: the ring all-reduce model against hand-computed figures."""
 
 import math
 
-from trainer import scaling
+from trainer.bench import scaling
 
 LEVI_HASSNER = 11_415_048
 

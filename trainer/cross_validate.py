@@ -27,10 +27,10 @@ from input import adience
 from trainer import checkpoint as checkpoint_lib
 from trainer import cli
 from trainer import data
-from trainer import estimate
 from trainer import evaluation
 from trainer import loop
 from trainer import strategy
+from trainer.bench import estimate
 
 cli.define_job_flags()
 cli.define_training_flags()

@@ -1,172 +1,83 @@
-"""Time to accuracy, MLPerf style: how many seconds of training each contender needs to reach a
-target held-out accuracy on the same records.
+"""Time to accuracy, MLPerf style: seconds of training to a held-out accuracy (trainer.bench).
 
-The baseline (the paper's network and recipe) trains for a budget of seconds; the target is the
-best held-out accuracy it reaches within it, unless one is given. Each improved contender then
-trains until it reaches that target, or its schedule or the budget ends. All are evaluated on
-the held-out fold (subject-exclusive, center crop) every `eval_every_seconds` of training.
+  python -m trainer.time_to_accuracy --records=runs/big/records_64 --crop_size=56 \\
+      --budget_seconds=1200 --eval_every_seconds=30 --cache --improved_epochs=30 \\
+      --improved=resnet:modern:mixed_bfloat16,resnet:modern --out_dir=runs/big/tta
 
-"Reaches" means sustains: the accuracy compared is the mean of the last `smoothing`
-evaluations. A held-out fold of a few hundred faces from a few dozen people moves by a couple of
-points from one evaluation to the next; the best single evaluation of a curve that has levelled
-off is such a spike, and a target set by it says more about luck than about the recipes.
+The baseline (--baseline, the paper's network and recipe by default) trains for
+--budget_seconds of training; the target is the best held-out accuracy it sustains within them
+(the mean of --smoothing consecutive evaluations). Each --improved contender then trains until
+it sustains that target, or its schedule or the budget ends. Each race runs in its own process.
+Out: a table, each contender's time against the baseline's, OUT_DIR/time_to_accuracy.jsonl with
+every curve, and its chart OUT_DIR/time_to_accuracy.png.
 
-The clock counts training steps only, tracing included; evaluation is excluded, so that the
-curve does not depend on how often it is drawn. Each race runs in its own process.
+Exit codes: 0 when every race ran, 1 when one failed, 2 for bad flags.
 """
 
-import dataclasses
-import json
-import subprocess
-import sys
-import threading
-import time
+from absl import flags
 
-RESULT_PREFIX = "RACE_RESULT "  # marks a race's result line in its process's output
+from launch import entry
+from trainer import cli
+from trainer.bench import races
 
-
-@dataclasses.dataclass(frozen=True)
-class Race:
-    name: str  # "baseline", "improved 1", ...
-    model: str
-    recipe: str
-    records: str
-    crop_size: int
-    budget_seconds: float
-    eval_every_seconds: float
-    distribution: str = "one_device"  # or mirrored:N; one process per race
-    precision: str = "fp32"
-    epochs: float = 0  # 0: the recipe's own length
-    target: float | None = None  # stop when the (smoothed) held-out accuracy reaches it
-    smoothing: int = 3  # evaluations averaged
-    held_out_fold: int = 0
-    seed: int = 0
-    cache: bool = False  # decoded training records kept in memory (--cache)
-
-
-def contender(spec):
-    """{"model", "recipe", "precision"} from "resnet:modern[:mixed_bfloat16]", with a clear
-    error otherwise."""
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"a contender is MODEL:RECIPE[:PRECISION] (resnet:modern:fp32), "
-                         f"not {spec!r}")
-    return {"model": parts[0], "recipe": parts[1],
-            "precision": parts[2] if len(parts) == 3 else "fp32"}
+cli.define_flags("records")
+flags.DEFINE_string("out_dir", "runs/benchmark", "Where time_to_accuracy.jsonl and "
+                    "time_to_accuracy.png are written.")
+flags.DEFINE_integer("crop_size", 227, "Crop side.", lower_bound=1)
+flags.DEFINE_string("baseline", "levi_hassner:paper", "MODEL:RECIPE[:PRECISION] whose best "
+                    "held-out accuracy within the budget is the target.")
+flags.DEFINE_list("improved", ["resnet:modern"], "MODEL:RECIPE[:PRECISION] of each contender "
+                  "raced to it.")
+flags.DEFINE_string("distribution", "one_device", "Every race's: one_device, or mirrored:N (N "
+                    "logical devices without a GPU); a race runs in one process.")
+flags.DEFINE_float("budget_seconds", 1200, "Training seconds per race.", lower_bound=0)
+flags.DEFINE_float("target_accuracy", None, "A fixed target (0-1) instead of the baseline's "
+                   "best.", lower_bound=0, upper_bound=1)
+flags.DEFINE_float("eval_every_seconds", None, "Training seconds between evaluations "
+                   "(default: the budget / 40).", lower_bound=0)
+flags.DEFINE_integer("smoothing", 3, "Evaluations averaged before comparing with the target "
+                     "(1: a single evaluation).", lower_bound=1)
+flags.DEFINE_float("improved_epochs", 0, "The improved recipe's length in epochs (0: the "
+                   "recipe's own).", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "The seed of every race (initial weights, order, crops); "
+                     "repeat with others to see the spread.")
+flags.DEFINE_bool("cache", False, "Every race keeps its decoded training records in memory "
+                  "(trainer.main's --cache), so that a fast network is not held back by JPEG "
+                  "decoding on the cores it trains on.")
+flags.mark_flag_as_required("records")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
+FLAGS = flags.FLAGS
 
 
-def run_race(race, command_for):
-    """Runs `race` in a new process, the command `command_for(race)` (trainer.benchmark in
-    --race mode); returns its result, or raises RuntimeError with the end of its error output."""
-    if race.distribution.partition(":")[0] not in ("one_device", "mirrored"):
-        raise ValueError(f"a race runs one process: one_device or mirrored:N, not "
-                         f"{race.distribution}")
-    command = command_for(race)
-    # Each evaluation is shown as it comes: a race can last many minutes.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    errors = []
-    drain = threading.Thread(target=lambda: errors.extend(process.stderr))
-    drain.start()
-    result = None
-    for line in process.stdout:
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
-        elif line.startswith('{"race"'):
-            point = json.loads(line)
-            print(f"  {point['race']}: {point['seconds']:7.1f} s, step {point['step']:>6}: "
-                  f"held-out exact {point['accuracy']:.3f} (smoothed {point['smoothed']:.3f}), "
-                  f"1-off {point['accuracy_1off']:.3f}",
-                  file=sys.stderr, flush=True)
-    process.wait()
-    drain.join()
-    if result is None or process.returncode:
-        tail = "".join(errors[-5:]).strip() or "no output"
-        raise RuntimeError(f"the {race.name} race ({race.model}:{race.recipe}) failed:\n{tail}")
-    return result
+def _validator(flag, check):
+    """Registers `check(value)`, which raises ValueError naming a bad value, for `flag` (the
+    error line names the flag)."""
+    def validate(value):
+        try:
+            check(value)
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from error
+        return True
+    flags.register_validator(flag, validate)
 
 
-def train_and_evaluate(race, threads=None, logical_cpus=None):
-    """Runs in the race's process: the real job and step, evaluated on the clock's marks.
-    Returns {"curve": [{"seconds", "step", "accuracy", "accuracy_1off", "smoothed"}],
-    "stopped", ...}."""
-    from trainer import evaluation
-    from trainer import loop
-    from trainer import recipes
-    from trainer import strategy
-
-    backend = strategy.create(race.distribution.partition(":")[0], logical_cpus=logical_cpus)
-    config = loop.TrainConfig(
-        model_dir="", records=race.records, recipe=recipes.resolve(race.recipe),
-        model=race.model, held_out_fold=race.held_out_fold, epochs=race.epochs,
-        crop_size=race.crop_size, precision=race.precision, seed=race.seed, cache=race.cache,
-        input_threads=threads)
-    job = loop.prepare(config, backend)
-    run_step, stream = loop.train_step(job), loop.batches(job, 0)
-    held_out = evaluation.evaluator(backend, job.info, job.model,
-                                    job.plan["global_batch_size"], 1, race.crop_size, threads)
-    total = job.plan["total_steps"]
-    curve, seconds, next_eval, stopped = [], 0.0, race.eval_every_seconds, "schedule"
-    for step in range(1, total + 1):
-        started = time.perf_counter()
-        float(run_step(next(stream))["loss"])  # the step ends when its loss is read
-        seconds += time.perf_counter() - started
-        out_of_time = seconds >= race.budget_seconds
-        if seconds >= next_eval or out_of_time or step == total:
-            summary = held_out()
-            curve.append({"seconds": seconds, "step": step, "accuracy": summary["accuracy"],
-                          "accuracy_1off": summary["accuracy_1off"]})
-            curve[-1]["smoothed"] = smoothed(curve, race.smoothing)
-            print(json.dumps({"race": race.name, **curve[-1]}), flush=True)
-            next_eval = seconds + race.eval_every_seconds
-            if race.target is not None and curve[-1]["smoothed"] >= race.target:
-                stopped = "target"
-                break
-            if out_of_time:
-                stopped = "budget"
-                break
-    return {**dataclasses.asdict(race), "curve": curve, "stopped": stopped,
-            "total_steps": total, "global_batch_size": job.plan["global_batch_size"],
-            "images_per_sec": curve[-1]["step"] * job.plan["global_batch_size"] / seconds}
+_validator("baseline", races.contender)
+_validator("improved", lambda specs: [races.contender(spec) for spec in specs])
+_validator("distribution", races.check_distribution)
 
 
-def smoothed(curve, evaluations):
-    """The mean exact accuracy of the curve's last `evaluations` points (fewer at its start)."""
-    window = curve[-evaluations:]
-    return sum(point["accuracy"] for point in window) / len(window)
+def main(argv):
+    del argv
+    cli.start_process()
+    races.race_all(
+        FLAGS.baseline, FLAGS.improved, FLAGS.out_dir, target_accuracy=FLAGS.target_accuracy,
+        improved_epochs=FLAGS.improved_epochs, records=FLAGS.records, crop_size=FLAGS.crop_size,
+        budget_seconds=FLAGS.budget_seconds,
+        eval_every_seconds=FLAGS.eval_every_seconds or FLAGS.budget_seconds / 40,
+        distribution=FLAGS.distribution, smoothing=FLAGS.smoothing, seed=FLAGS.seed,
+        cache=FLAGS.cache)
+    return 0
 
 
-def time_to(curve, target):
-    """Training seconds of the first evaluation whose smoothed accuracy is at or above
-    `target` (None if never)."""
-    return next((point["seconds"] for point in curve if point["smoothed"] >= target), None)
-
-
-def summary(baseline, improved, target):
-    """The table and, for each improved race, its time to the target against the baseline's,
-    as lines of text. "exact" is the race's best smoothed accuracy, "1-off" the 1-off of that
-    evaluation."""
-    lines = [f"{'race':<10} {'model':<14} {'recipe':<7} {'precision':<15} {'steps':>6} "
-             f"{'train s':>8} {'images/s':>8} {'exact':>6} {'1-off':>6} {'to target':>9}  "
-             f"stopped by"]
-    for race in [baseline, *improved]:
-        best = max(race["curve"], key=lambda point: point["smoothed"])
-        reached = time_to(race["curve"], target)
-        lines.append(
-            f"{race['name']:<10} {race['model']:<14} {race['recipe']:<7} "
-            f"{race['precision']:<15} {race['curve'][-1]['step']:>6} "
-            f"{race['curve'][-1]['seconds']:>8.1f} {race['images_per_sec']:>8.1f} "
-            f"{100 * best['smoothed']:>5.1f}% {100 * best['accuracy_1off']:>5.1f}% "
-            f"{'never' if reached is None else f'{reached:.1f} s':>9}  {race['stopped']}")
-    baseline_time = time_to(baseline["curve"], target)
-    for race in improved:
-        improved_time = time_to(race["curve"], target)
-        if improved_time is None:
-            ended = race["curve"][-1]["seconds"]
-            lines.append(f"{race['name']}: never reached {100 * target:.1f}% (stopped by its "
-                         f"{race['stopped']} after {ended:.1f} s of training)")
-        else:
-            lines.append(f"{race['name']}: {100 * target:.1f}% held-out exact accuracy "
-                         f"{baseline_time / improved_time:.1f}x sooner than the baseline "
-                         f"({improved_time:.1f} s vs {baseline_time:.1f} s; goal >= 3x)")
-    return lines
+if __name__ == "__main__":
+    entry.run(main)

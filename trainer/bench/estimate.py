@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from trainer import checkpoint as checkpoint_lib
 from trainer import loop
+from trainer.bench import timing
 
 WARMUP_STEPS = 2  # tracing, compilation and the input pipeline filling up: not timed
 FORWARD_SHARE = 1 / 3  # of a training step's cost per image, for one evaluation forward pass
@@ -53,15 +54,11 @@ def time_training(config, backend, steps):
     """(seconds per step, global batch, warm-up steps) of `config`'s job over `steps` steps,
     the first WARMUP_STEPS (fewer if `steps` is small; at least one step is timed) untimed."""
     job = loop.prepare(config, backend)
-    run_step, stream = loop.train_step(job), loop.batches(job, 0)
+    timer = timing.StepTimer(job)
     warmup = max(0, min(WARMUP_STEPS, steps - 1))
-    for _ in range(warmup):
-        float(run_step(next(stream))["loss"])
-    started = time.perf_counter()
-    for _ in range(steps - warmup):
-        loss = run_step(next(stream))["loss"]
-    float(loss)  # steps run asynchronously: the window ends when the last one has
-    return (time.perf_counter() - started) / (steps - warmup), job.plan["global_batch_size"], warmup
+    timer.warm_up(warmup)
+    seconds = timer.window(steps - warmup)
+    return seconds / (steps - warmup), job.plan["global_batch_size"], warmup
 
 
 def fold_work(config, info, backend, final_crops):
