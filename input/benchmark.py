@@ -20,16 +20,21 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 
-from absl import app
 from absl import flags
 
+from launch import entry
 from launch import host
 
 flags.DEFINE_string("adience_dir", None, "The Adience tree to read (input.synthetic's or real).")
 flags.DEFINE_string("work_dir", "/tmp/agenet_input_benchmark", "Where records are built.")
-flags.DEFINE_integer("batch_size", 50, "Per-replica batch of the training pipeline.")
+flags.DEFINE_integer("pipeline_batch_size", 50, "Batch of one input pipeline (what one replica "
+                     "gets per step), not the global batch.", lower_bound=1)
+# The old spelling of --pipeline_batch_size, kept for now; out of --help (another module's).
+flags.DEFINE_integer("batch_size", None, "Old spelling of --pipeline_batch_size.", lower_bound=1,
+                     module_name="input.benchmark.old_spellings")
 flags.DEFINE_float("seconds", 8.0, "Timed seconds per measurement, after the warm-up.")
 flags.DEFINE_integer("repeats", 2, "Rounds of all measurements; the best of each is kept.")
 flags.DEFINE_integer("shards", 8, "Shards per split of the built records.")
@@ -42,13 +47,27 @@ TARGETS = {"pipeline / roof": 0.9, "pipeline / naive": 3.0, "build 2 workers / 1
 
 def main(argv):
     del argv
+    pipeline_batch_size = _pipeline_batch_size()
+    if not os.path.isdir(FLAGS.adience_dir):
+        raise entry.UserError(f"--adience_dir={FLAGS.adience_dir}: no such folder")
     host.configure_threads()
-    results = run(FLAGS.adience_dir, FLAGS.work_dir, FLAGS.batch_size, FLAGS.seconds,
+    results = run(FLAGS.adience_dir, FLAGS.work_dir, pipeline_batch_size, FLAGS.seconds,
                   FLAGS.repeats, FLAGS.shards)
     print(json.dumps(results))
 
 
-def run(adience_dir, work_dir, batch_size, seconds, repeats, shards):
+def _pipeline_batch_size():
+    if not FLAGS["batch_size"].present:
+        return FLAGS.pipeline_batch_size
+    if FLAGS["pipeline_batch_size"].present:
+        raise entry.UserError("--batch_size is the old spelling of --pipeline_batch_size: "
+                              "give only --pipeline_batch_size")
+    print("input.benchmark: --batch_size is now --pipeline_batch_size (one pipeline's batch, "
+          "not the global batch); the old spelling still works for now", file=sys.stderr)
+    return FLAGS.batch_size
+
+
+def run(adience_dir, work_dir, pipeline_batch_size, seconds, repeats, shards):
     """Builds, measures and prints; returns the figures as a dict."""
     from input import build
 
@@ -65,7 +84,7 @@ def run(adience_dir, work_dir, batch_size, seconds, repeats, shards):
             rate = sum(s["examples"] for s in manifest["splits"].values()) / (
                 time.perf_counter() - started)
             builds[name] = max(builds.get(name, 0.0), rate)
-    rates = _measure_pipelines(adience_dir, work_dir, batch_size, seconds, repeats)
+    rates = _measure_pipelines(adience_dir, work_dir, pipeline_batch_size, seconds, repeats)
     cores = host.available_cores()
     ratios = {"pipeline / roof": rates["pipeline"] / rates["roof"],
               "pipeline / naive": rates["pipeline"] / rates["naive"],
@@ -76,16 +95,19 @@ def run(adience_dir, work_dir, batch_size, seconds, repeats, shards):
             "cores": cores}
 
 
-def _measure_pipelines(adience_dir, work_dir, batch_size, seconds, repeats):
+def _measure_pipelines(adience_dir, work_dir, pipeline_batch_size, seconds, repeats):
     from input import pipeline
+    from input import records
 
-    jpeg, raw = os.path.join(work_dir, "jpeg"), os.path.join(work_dir, "raw")
-    splits = sorted(pipeline.read_manifest(jpeg)["splits"])
+    jpeg = records.load(os.path.join(work_dir, "jpeg"))
+    raw = records.load(os.path.join(work_dir, "raw"))
+    splits = jpeg.split_names
+    batch = pipeline_batch_size
     candidates = {
-        "pipeline": (pipeline.train_dataset(jpeg, splits, batch_size), batch_size),
+        "pipeline": (pipeline.train_dataset(jpeg, splits, batch), batch),
         "roof": (_roof(jpeg, splits), 1),
-        "naive": (_naive(adience_dir, jpeg, batch_size), batch_size),
-        "pipeline_raw": (pipeline.train_dataset(raw, splits, batch_size), batch_size),
+        "naive": (_naive(adience_dir, jpeg, batch), batch),
+        "pipeline_raw": (pipeline.train_dataset(raw, splits, batch), batch),
     }
     best = {name: 0.0 for name in candidates}
     for _ in range(repeats):  # interleaved rounds: a slow spell of the machine hits all alike
@@ -94,28 +116,25 @@ def _measure_pipelines(adience_dir, work_dir, batch_size, seconds, repeats):
     return best
 
 
-def _roof(records_dir, splits):
+def _roof(folder, splits):
     """The pipeline's read, parse and decode alone, with the same files and parallelism."""
     import tensorflow as tf
 
     from input import pipeline
 
-    manifest = pipeline.read_manifest(records_dir)
-    files = [os.path.join(records_dir, s["file"]) for s in pipeline.split_shards(manifest,
-                                                                                 splits)]
-    parse = pipeline.parser(manifest)
-    return pipeline.interleave(files, deterministic=False).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).repeat().prefetch(
-        tf.data.AUTOTUNE)
+    files = folder.files(folder.shards(splits))
+    return (pipeline.interleave(files, deterministic=False)
+            .map(folder.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            .repeat().prefetch(tf.data.AUTOTUNE))
 
 
-def _naive(adience_dir, records_dir, batch_size):
+def _naive(adience_dir, folder, pipeline_batch_size):
     """Read, decode and resize the original files in parallel, as a user's first try would."""
     import tensorflow as tf
 
-    from input import adience, pipeline
+    from input import adience
 
-    settings = pipeline.read_manifest(records_dir)["settings"]
+    settings = folder.settings
     examples, _ = adience.read_examples(adience_dir, task=settings["task"],
                                         age_rule=settings["age_labels"],
                                         layout=settings["layout"])
@@ -128,7 +147,7 @@ def _naive(adience_dir, records_dir, batch_size):
                                                 [e.label(settings["task"]) for e in examples]))
             .shuffle(len(examples)).repeat()
             .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            .batch(pipeline_batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _rate(dataset, images_per_element, seconds):
@@ -158,4 +177,4 @@ def _print_table(rates, builds, ratios, cores):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

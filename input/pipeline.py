@@ -19,16 +19,12 @@ run the same number of steps.
 """
 
 import dataclasses
-import functools
-import json
 import math
-import os
 
-import numpy as np
 import tensorflow as tf
 
+from input import batch
 from input import images
-from input import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048  # records; a few times the batch, and under 0.5 GB of raw 256x256 images
@@ -44,82 +40,26 @@ class EvalData:
     examples: int  # real (unmasked) examples over all pipelines
 
 
-def read_manifest(records_dir):
-    path = os.path.join(records_dir, schema.MANIFEST)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {records_dir} is not a records folder "
-                                f"built by input.build (or its build did not finish)")
-    with open(path) as f:
-        return json.load(f)
-
-
-def split_shards(manifest, split_names):
-    """The manifest's shard entries of these splits, sorted by file name."""
-    unknown = sorted(set(split_names) - set(manifest["splits"]))
-    if unknown:
-        raise ValueError(f"split(s) {', '.join(unknown)} not in the records; they hold "
-                         f"{', '.join(sorted(manifest['splits']))}")
-    return sorted((shard for name in split_names for shard in manifest["splits"][name]["shards"]),
-                  key=lambda shard: shard["file"])
-
-
-def protocol_splits(manifest, held_out_fold=0):
-    """(training splits, evaluation splits) of a records folder.
-
-    The folds protocol trains on four folds and evaluates on the held-out one (the paper's
-    5-fold cross-validation); the 60/20/20 split trains on "train" and evaluates on
-    "validation" ("test" is kept for the final report).
-    """
-    names = sorted(manifest["splits"])
-    if manifest["settings"]["protocol"] == "split":
-        return ["train"], ["validation"]
-    held_out = f"fold{held_out_fold}"
-    if held_out not in names:
-        raise ValueError(f"held-out fold {held_out_fold} does not exist: the records hold "
-                         f"{', '.join(names)}")
-    return [name for name in names if name != held_out], [held_out]
-
-
-def pipeline_shards(manifest, split_names, num_pipelines, pipeline_index):
-    """This pipeline's shards: every num_pipelines-th file of the sorted list, before any shuffle."""
-    all_shards = split_shards(manifest, split_names)
-    if len(all_shards) < num_pipelines:
-        raise ValueError(f"{len(all_shards)} shard files for {num_pipelines} input pipelines: "
-                         f"rebuild the records with --shards of at least {num_pipelines}")
-    return all_shards[pipeline_index::num_pipelines]
-
-
-def mean_image(records_dir, split_names):
-    """The per-pixel mean (H x W x 3 float32) of these splits' images, from the build's sums."""
-    manifest = read_manifest(records_dir)
-    split_shards(manifest, split_names)  # names them if unknown
-    with np.load(os.path.join(records_dir, manifest["pixel_sums"])) as sums:
-        total = sum(sums[name] for name in split_names)
-    count = sum(manifest["splits"][name]["examples"] for name in split_names)
-    return (total / count).astype(np.float32)
-
-
-def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines=1,
+def train_dataset(records, split_names, per_replica_batch_size, num_pipelines=1,
                   pipeline_index=0, seed=0, deterministic=False, start_step=0, cache=False,
                   crop_size=images.CROP_SIZE, shuffle_buffer=SHUFFLE_BUFFER, threads=None):
-    """Endless batches {"image" uint8 [B, crop, crop, 3], "label", "crop_offset", "flip"}.
+    """Endless batches {"image" uint8 [B, crop, crop, 3], "label", "crop_offset", "flip"} of
+    `records` (an input.records.Records).
 
     `start_step` counts this pipeline's batches; `threads` caps tf.data's thread pool (by
     default all cores: give a process that shares the host its share).
     """
-    manifest = read_manifest(records_dir)
-    shards = pipeline_shards(manifest, split_names, num_pipelines, pipeline_index)
-    files = [os.path.join(records_dir, s["file"]) for s in shards]
-    parse = parser(manifest)
-    records = interleave(files, deterministic)
+    shards = records.pipeline_shards(split_names, num_pipelines, pipeline_index)
+    parse = records.parse
+    serialized = interleave(records.files(shards), deterministic)
     if cache:
-        records = records.map(parse, num_parallel_calls=AUTOTUNE).cache()
+        serialized = serialized.map(parse, num_parallel_calls=AUTOTUNE).cache()
     # Resuming: whole epochs are not read again, only the rest of the current one is skipped.
     start = start_step * per_replica_batch_size
     first_epoch, within_epoch = divmod(start, sum(s["examples"] for s in shards))
     if not deterministic:
         first_epoch, within_epoch = 0, 0  # a new random order anyway: nothing to skip
-    stream = _epochs(records, seed, deterministic, shuffle_buffer, first_epoch)
+    stream = _epochs(serialized, seed, deterministic, shuffle_buffer, first_epoch)
     stream = stream.enumerate(start=start - within_epoch).skip(within_epoch)
 
     def augment(position, record):
@@ -129,8 +69,7 @@ def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipeline
             tf.stack([tf.cast(seed, tf.int64), position]), pipeline_index)
         window, offset, flipped = images.random_crop_and_flip(example["image"], crop_seed,
                                                               crop_size)
-        return {"image": window, "label": example["label"], "crop_offset": offset,
-                "flip": flipped}
+        return batch.make(window, offset, flipped, example["label"])
 
     dataset = (stream.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
                .batch(per_replica_batch_size, drop_remainder=True)
@@ -138,7 +77,7 @@ def train_dataset(records_dir, split_names, per_replica_batch_size, num_pipeline
     return _with_threads(dataset, threads)
 
 
-def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines=1,
+def eval_dataset(records, split_names, per_replica_batch_size, num_pipelines=1,
                  pipeline_index=0, crops=1, crop_size=images.CROP_SIZE,
                  replicas_per_pipeline=1, threads=None):
     """Every example of the splits once over all pipelines, padded and masked; see EvalData.
@@ -151,14 +90,13 @@ def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines
     """
     if crops not in (1, images.TEN_CROPS):
         raise ValueError(f"crops must be 1 or {images.TEN_CROPS}, not {crops}")
-    manifest = read_manifest(records_dir)
-    every = [pipeline_shards(manifest, split_names, num_pipelines, i)
+    every = [records.pipeline_shards(split_names, num_pipelines, i)
              for i in range(num_pipelines)]
     counts = [sum(s["examples"] for s in shards_) for shards_ in every]
     batch_per_step = per_replica_batch_size * replicas_per_pipeline
     steps = max(1, max(math.ceil(c / batch_per_step) for c in counts))
     mine = every[pipeline_index]
-    parse = parser(manifest)
+    parse = records.parse
 
     def prepare(record):
         example = parse(record)
@@ -167,23 +105,15 @@ def eval_dataset(records_dir, split_names, per_replica_batch_size, num_pipelines
             window, flipped = images.crop(example["image"], offset, crop_size), tf.constant(False)
         else:
             window, offset, flipped = images.ten_crops(example["image"], crop_size)
-        return {"image": window, "label": example["label"], "crop_offset": offset,
-                "flip": flipped, "mask": tf.constant(True)}
+        return batch.make(window, offset, flipped, example["label"], mask=tf.constant(True))
 
-    real = tf.data.TFRecordDataset([os.path.join(records_dir, s["file"]) for s in mine])
+    real = tf.data.TFRecordDataset(records.files(mine))
     real = real.map(prepare, num_parallel_calls=AUTOTUNE)
     padding = tf.data.Dataset.from_tensors(_padding_like(real.element_spec)).repeat(
         steps * batch_per_step - counts[pipeline_index])
     dataset = real.concatenate(padding).batch(per_replica_batch_size).prefetch(AUTOTUNE)
     return EvalData(dataset=_with_threads(dataset, threads), steps=steps,
                     examples=sum(counts))
-
-
-def parser(manifest):
-    """The record parser for this folder's image format and size."""
-    settings = manifest["settings"]
-    return functools.partial(schema.parse, image_format=settings["format"],
-                             size=settings["image_size"])
 
 
 def interleave(files, deterministic):
@@ -214,5 +144,5 @@ def _with_threads(dataset, threads):
 
 def _padding_like(spec):
     padding = {key: tf.zeros(s.shape, s.dtype) for key, s in spec.items()}
-    padding["mask"] = tf.constant(False)
+    padding[batch.MASK] = tf.constant(False)
     return padding

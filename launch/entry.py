@@ -15,7 +15,9 @@ as trainer/'s, and input/ does not depend on trainer/.
 """
 
 import errno
+import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -101,3 +103,20 @@ def _guarded(main):
             say_error(path_error(error))
             return FAULT_EXIT_CODE
     return guarded
+
+
+def check_writable_dir(path, flag):
+    """Refuses, before any work, an output folder that cannot be written: a file, a folder
+    under a file, a read-only file system (a write probe: root ignores permission bits, not
+    a read-only mount)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag}={path}: {existing}: not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".write-check-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise UserError(f"{flag}={path}: {(error.strerror or str(error)).lower()}") from error

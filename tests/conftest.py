@@ -142,21 +142,22 @@ def random_batch(rng, size, record_size, crop_size, num_classes=8):
     }
 
 
-def training_losses(model, module, batch, steps, compiled=True):
-    """The losses of `steps` SGD steps on one batch, with the model module's L2 term."""
+def training_losses(model, family, batch, steps, compiled=True, learning_rate=0.05):
+    """The losses of `steps` SGD steps on one batch, with the model family's L2 term."""
     import keras
     import tensorflow as tf
 
-    from trainer.models import mean_window
+    from input import batch as batch_lib
+    from trainer import recipes
 
-    features = mean_window.features(batch)
-    optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    features = batch_lib.inputs_of(batch)
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def step():
         with tf.GradientTape() as tape:
             loss = cross_entropy(batch["label"], model(features, training=True))
-            total = loss + module.caffe_l2(module.decay_variables(model), module.WEIGHT_DECAY)
+            total = loss + recipes.l2_term(family.decay_variables(model), family.weight_decay)
         optimizer.apply_gradients(zip(tape.gradient(total, model.trainable_variables),
                                       model.trainable_variables))
         return loss
@@ -189,3 +190,16 @@ def records(synthetic_tree, tmp_path_factory):
     build.build(str(synthetic_tree), str(out), shards_per_split=2, workers=2,
                 image_size=TINY_RECORD_SIZE)
     return out
+
+
+def assert_error_line(result, *needles, exit_code=2):
+    """A user's mistake or a fault as users must see it: `exit_code`, exactly one stderr line
+    starting with "error:" (TensorFlow's start-up lines may precede it) that holds every
+    needle, and no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -12,13 +12,14 @@ import tensorflow as tf
 from keras.src.legacy.saving import legacy_h5_format
 
 import conftest
+from input import batch as batch_lib
 from trainer import models
-from trainer.models import mean_window
 from trainer.models import mobilenet_v2
 from trainer.models import nesting
 
 BETTER = ("levi_hassner_bn", "resnet", "mobilenet_v2")
 CLASSES = 8
+FIXED_BATCH_LEARNING_RATE = 0.01
 RECORD, CROP = 64, 56  # small images keep the tests fast; the code paths are the full-size ones
 BATCH = 4
 PAPER_SIDE = 227
@@ -41,10 +42,10 @@ def test_registered():
 def test_float32_logits_for_every_crop(name):
     rng = np.random.default_rng(0)
     model = models.build(name, CLASSES, random_mean(rng), crop_size=CROP)
-    assert sorted(model.input) == sorted(mean_window.INPUT_KEYS)
+    assert sorted(model.input) == sorted(batch_lib.MODEL_INPUTS)
     assert model.layers[3].name == "mean_window"  # the first operation after the three inputs
     assert model.output.shape == (None, CLASSES) and model.output.dtype == "float32"
-    logits = model(mean_window.features(random_batch(rng)))
+    logits = model(batch_lib.inputs_of(random_batch(rng)))
     assert logits.shape == (BATCH, CLASSES) and logits.dtype == tf.float32
     assert np.all(np.isfinite(logits.numpy()))
 
@@ -56,7 +57,7 @@ def test_logits_stay_float32_under_mixed_bfloat16(name, mixed_bfloat16):
     kernel_layers = [layer for layer in nesting.all_layers(model)
                      if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
     assert {layer.compute_dtype for layer in kernel_layers} == {"bfloat16"}
-    logits = model(mean_window.features(random_batch(rng)), training=True)
+    logits = model(batch_lib.inputs_of(random_batch(rng)), training=True)
     assert logits.dtype == tf.float32
     assert np.all(np.isfinite(logits.numpy()))
 
@@ -67,30 +68,33 @@ def test_trains_on_a_fixed_batch(name):
     rng = np.random.default_rng(2)
     # No dropout: the loss of one fixed batch then falls step after step.
     model = models.build(name, CLASSES, random_mean(rng), dropout=0.0, crop_size=CROP)
-    module = models.get(name)
+    family = models.get(name)
     batch = random_batch(rng)
-    # Eager: for 8 steps, faster than tracing MobileNetV2's backward pass.
-    losses = conftest.training_losses(model, module, batch, 8, compiled=False)
+    # Eager: for 8 steps, faster than tracing MobileNetV2's backward pass. At 0.05 with
+    # momentum, MobileNetV2 overshot on some machines' numerics (2.67 ... 0.01, then 3.36,
+    # 9.64, 3.40); at 0.01 it fits the batch step after step (2.67 ... 0.02).
+    losses = conftest.training_losses(model, family, batch, 8, compiled=False,
+                                      learning_rate=FIXED_BATCH_LEARNING_RATE)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 @pytest.mark.parametrize("name", BETTER)
 def test_decay_on_every_kernel_and_nothing_else(name):
     model = models.build(name, CLASSES, None, crop_size=CROP)
-    module = models.get(name)
-    decayed = {v.path for v in module.decay_variables(model)}
+    family = models.get(name)
+    decayed = {v.path for v in family.decay_variables(model)}
     kernels = {v.path for v in model.trainable_variables if v.name == "kernel"}
     assert decayed == kernels
     convolutions = [layer for layer in nesting.all_layers(model)
                     if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
     assert {layer.kernel.path for layer in convolutions} | {"fc8/kernel"} == decayed
     assert not [path for path in decayed if re.search("gamma|beta|bias|moving", path)]
-    assert module.lr_multipliers(model) == {}
+    assert family.lr_multipliers(model) == {}
 
 
 def test_mobilenet_v2_decays_its_depthwise_kernels():
     model = models.build("mobilenet_v2", CLASSES, None, crop_size=CROP)
-    decayed = {v.path for v in mobilenet_v2.decay_variables(model)}
+    decayed = {v.path for v in models.get("mobilenet_v2").decay_variables(model)}
     assert "block_16_depthwise/kernel" in decayed and "expanded_conv_depthwise/kernel" in decayed
     # Conv1, 17 depthwise, 16 expand (block 0 has none), 17 project, Conv_1, fc8.
     assert len(decayed) == 1 + 17 + 16 + 17 + 1 + 1

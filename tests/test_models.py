@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 import conftest
+from input import batch as batch_lib
 from trainer import models
+from trainer import recipes
 from trainer.models import levi_hassner
-from trainer.models import mean_window
 
 PAPER_CLASSES = 8
 PAPER_PARAMETERS = 11_415_048
@@ -78,14 +79,14 @@ def test_lrn_is_caffes_formula():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_caffe_l2_decays_weights_only(paper_model):
+def test_the_l2_term_is_caffes_decay_on_weights_only(paper_model):
     variables = levi_hassner.decay_variables(paper_model)
     assert [v.path for v in variables] == [f"{name}/kernel" for name in
                                            ("conv1", "conv2", "conv3", "fc6", "fc7", "fc8")]
     wd = levi_hassner.WEIGHT_DECAY
     expected = 0.5 * wd * sum(np.sum(np.square(v.numpy(), dtype=np.float64)) for v in variables)
     with tf.GradientTape() as tape:
-        loss = levi_hassner.caffe_l2(variables, wd)
+        loss = recipes.l2_term(variables, wd)
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
     for variable, gradient in zip(variables, tape.gradient(loss, variables)):
         np.testing.assert_allclose(gradient.numpy(), wd * variable.numpy(), rtol=1e-6)
@@ -128,7 +129,7 @@ def test_mean_window_under_each_crop_eagerly_and_in_graphs():
     batch["crop_offset"][:2] = [[0, 0], [RECORD - CROP, RECORD - CROP]]  # both extremes
     batch["flip"][:2] = [True, True]
     expected = numpy_mean_window(batch, mean)
-    features = mean_window.features(batch)
+    features = batch_lib.inputs_of(batch)
 
     np.testing.assert_allclose(first_input(features).numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(tf.function(first_input)(features).numpy(), expected, rtol=1e-6)
@@ -140,7 +141,7 @@ def test_no_mean_image_subtracts_nothing():
     model = models.build("levi_hassner", PAPER_CLASSES, None, crop_size=CROP)
     first_input = keras.Model(model.inputs, model.get_layer("mean_window").output)
     batch = random_batch(np.random.default_rng(2), 4)
-    np.testing.assert_array_equal(first_input(mean_window.features(batch)).numpy(),
+    np.testing.assert_array_equal(first_input(batch_lib.inputs_of(batch)).numpy(),
                                   batch["image"].astype(np.float32))
 
 
@@ -150,7 +151,7 @@ def test_mixed_bfloat16_runs_on_cpu(mixed_bfloat16):
     assert {model.get_layer(name).compute_dtype for name in ("conv1", "conv2", "conv3", "fc6")} \
         == {"bfloat16"}
     assert model.get_layer("mean_window").variable_dtype == "float32"
-    logits = model(mean_window.features(random_batch(np.random.default_rng(3), 4)))
+    logits = model(batch_lib.inputs_of(random_batch(np.random.default_rng(3), 4)))
     assert logits.dtype == tf.float32
     assert np.all(np.isfinite(logits.numpy()))
 
@@ -160,7 +161,7 @@ def test_tiny_model_has_the_same_interface_and_trains():
     rng = np.random.default_rng(4)
     mean = rng.uniform(0, 255, (RECORD, RECORD, 3)).astype(np.float32)
     model = models.build("tiny", PAPER_CLASSES, mean, crop_size=CROP)
-    assert sorted(model.input) == sorted(mean_window.INPUT_KEYS)
+    assert sorted(model.input) == sorted(batch_lib.MODEL_INPUTS)
     assert model.output.shape == (None, PAPER_CLASSES) and model.output.dtype == "float32"
     assert 1_000 < trainable_parameters(model) < 10_000
     tiny = models.get("tiny")
@@ -175,7 +176,7 @@ def test_saved_model_carries_the_mean(tmp_path):
     rng = np.random.default_rng(5)
     mean = rng.uniform(0, 255, (RECORD, RECORD, 3)).astype(np.float32)
     model = models.build("tiny", PAPER_CLASSES, mean, crop_size=CROP)
-    features = mean_window.features(random_batch(rng, 4))
+    features = batch_lib.inputs_of(random_batch(rng, 4))
     model.export(str(tmp_path / "saved"), verbose=False)
     restored = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(restored.serve(features).numpy(), model(features).numpy(),

@@ -9,36 +9,41 @@ from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE
 from input import build
 from input import images
 from input import pipeline
+from input import records as records_lib
+from launch import entry
 
 TRAIN_SPLITS = ["fold0", "fold1", "fold2", "fold3"]
 ALL_SPLITS = TRAIN_SPLITS + ["fold4"]
+
+
+@pytest.fixture
+def folder(records):
+    return records_lib.load(str(records))
 
 
 def _take(dataset, count):
     return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(count)]
 
 
-def test_pipeline_shards_are_disjoint_and_cover_the_files(records):
-    manifest = pipeline.read_manifest(str(records))
-    every = {s["file"] for s in pipeline.split_shards(manifest, ALL_SPLITS)}
-    parts = [{s["file"] for s in pipeline.pipeline_shards(manifest, ALL_SPLITS, 3, i)}
+def test_pipeline_shards_are_disjoint_and_cover_the_files(folder):
+    every = {s["file"] for s in folder.shards(ALL_SPLITS)}
+    parts = [{s["file"] for s in folder.pipeline_shards(ALL_SPLITS, 3, i)}
              for i in range(3)]
     assert set.union(*parts) == every
     assert sum(len(p) for p in parts) == len(every)
-    with pytest.raises(ValueError, match="--shards of at least 11"):
-        pipeline.pipeline_shards(manifest, ALL_SPLITS, 11, 0)
-    with pytest.raises(ValueError, match="fold9"):
-        pipeline.split_shards(manifest, ["fold9"])
+    with pytest.raises(entry.UserError, match="--shards of at least 11"):
+        folder.pipeline_shards(ALL_SPLITS, 11, 0)
+    with pytest.raises(entry.UserError, match="fold9"):
+        folder.shards(["fold9"])
 
 
 @pytest.mark.parametrize("num_pipelines", [1, 2])
 @pytest.mark.parametrize("replicas", [1, 2])  # 2: replicas take turns on one pipeline
-def test_evaluation_sees_every_example_once(records, num_pipelines, replicas):
-    manifest = pipeline.read_manifest(str(records))
-    expected = sum(manifest["splits"][s]["examples"] for s in ALL_SPLITS)
+def test_evaluation_sees_every_example_once(folder, num_pipelines, replicas):
+    expected = sum(folder.manifest["splits"][s]["examples"] for s in ALL_SPLITS)
     seen, steps = 0, set()
     for index in range(num_pipelines):
-        data = pipeline.eval_dataset(str(records), ALL_SPLITS, per_replica_batch_size=7,
+        data = pipeline.eval_dataset(folder, ALL_SPLITS, per_replica_batch_size=7,
                                      num_pipelines=num_pipelines, pipeline_index=index,
                                      crop_size=TINY_CROP_SIZE, replicas_per_pipeline=replicas)
         batches = _take(data.dataset, -1)
@@ -50,8 +55,8 @@ def test_evaluation_sees_every_example_once(records, num_pipelines, replicas):
     assert len(steps) == 1  # every pipeline runs the same number of steps
 
 
-def test_ten_crops_are_the_corners_and_center_and_their_mirrors(records):
-    data = pipeline.eval_dataset(str(records), ["fold0"], per_replica_batch_size=4, crops=10,
+def test_ten_crops_are_the_corners_and_center_and_their_mirrors(folder):
+    data = pipeline.eval_dataset(folder, ["fold0"], per_replica_batch_size=4, crops=10,
                                  crop_size=TINY_CROP_SIZE)
     batch = _take(data.dataset, 1)[0]
     assert batch["image"].shape == (4, 10, TINY_CROP_SIZE, TINY_CROP_SIZE, 3)
@@ -62,16 +67,15 @@ def test_ten_crops_are_the_corners_and_center_and_their_mirrors(records):
     np.testing.assert_array_equal(batch["image"][:, 5], batch["image"][:, 0, :, ::-1])
 
 
-def test_deterministic_order_is_reproduced_after_a_skip(records):
+def test_deterministic_order_is_reproduced_after_a_skip(folder):
     def batches(start_step, count):
-        dataset = pipeline.train_dataset(str(records), TRAIN_SPLITS, per_replica_batch_size=8,
+        dataset = pipeline.train_dataset(folder, TRAIN_SPLITS, per_replica_batch_size=8,
                                          seed=5, deterministic=True, start_step=start_step,
                                          crop_size=TINY_CROP_SIZE, shuffle_buffer=64)
         return _take(dataset, count)
 
     # Past the end of the first epoch, so that the per-epoch reshuffle is covered too.
-    manifest = pipeline.read_manifest(str(records))
-    epoch_steps = sum(manifest["splits"][s]["examples"] for s in TRAIN_SPLITS) // 8
+    epoch_steps = sum(folder.manifest["splits"][s]["examples"] for s in TRAIN_SPLITS) // 8
     full = batches(0, epoch_steps + 3)
     # Resumed in the first epoch, and in the second (which skips the first without reading).
     for start in (epoch_steps - 1, epoch_steps + 1):
@@ -83,8 +87,8 @@ def test_deterministic_order_is_reproduced_after_a_skip(records):
         np.array_equal(full[0]["image"], full[epoch_steps]["image"])
 
 
-def test_training_crops_lie_inside_the_image_and_flip_about_half(records):
-    dataset = pipeline.train_dataset(str(records), TRAIN_SPLITS, per_replica_batch_size=32,
+def test_training_crops_lie_inside_the_image_and_flip_about_half(folder):
+    dataset = pipeline.train_dataset(folder, TRAIN_SPLITS, per_replica_batch_size=32,
                                      seed=1, crop_size=TINY_CROP_SIZE)
     batch = _take(dataset, 4)
     offsets = np.concatenate([b["crop_offset"] for b in batch])
@@ -117,11 +121,11 @@ def test_image_to_record_to_batch_keeps_the_pixels(synthetic_tree, tmp_path, ima
                                                    tolerance):
     build.build(str(synthetic_tree), str(tmp_path), shards_per_split=1, workers=1,
                 image_format=image_format, image_size=TINY_RECORD_SIZE)
-    data = pipeline.eval_dataset(str(tmp_path), ["fold0"], per_replica_batch_size=4,
+    data = pipeline.eval_dataset(records_lib.load(tmp_path), ["fold0"], per_replica_batch_size=4,
                                  crop_size=TINY_RECORD_SIZE)
     batch = _take(data.dataset, 1)[0]
-    manifest = pipeline.read_manifest(str(tmp_path))
-    first_shard = tmp_path / manifest["splits"]["fold0"]["shards"][0]["file"]
+    folder = records_lib.load(tmp_path)
+    first_shard = tmp_path / folder.manifest["splits"]["fold0"]["shards"][0]["file"]
     sources = [tf.train.Example.FromString(r.numpy()).features.feature["image/filename"]
                .bytes_list.value[0].decode() for r in tf.data.TFRecordDataset(str(first_shard))]
     for image, source in zip(batch["image"], sources[:4]):
@@ -130,18 +134,18 @@ def test_image_to_record_to_batch_keeps_the_pixels(synthetic_tree, tmp_path, ima
         assert np.abs(image.astype(float) - expected).mean() <= tolerance
 
 
-def test_mean_image_is_the_mean_of_the_records(records):
-    data = pipeline.eval_dataset(str(records), ["fold1"], per_replica_batch_size=16,
+def test_mean_image_is_the_mean_of_the_records(folder):
+    data = pipeline.eval_dataset(folder, ["fold1"], per_replica_batch_size=16,
                                  crop_size=TINY_RECORD_SIZE)
     batches = _take(data.dataset, -1)
     pixels = np.concatenate([b["image"][b["mask"]] for b in batches]).astype(np.float64)
-    np.testing.assert_allclose(pipeline.mean_image(str(records), ["fold1"]),
+    np.testing.assert_allclose(folder.mean_image(["fold1"]),
                                pixels.mean(axis=0), atol=1e-3)
 
 
-def test_cache_of_decoded_images_gives_the_same_batches(records):
+def test_cache_of_decoded_images_gives_the_same_batches(folder):
     def batches(cache):
-        return _take(pipeline.train_dataset(str(records), TRAIN_SPLITS, per_replica_batch_size=8,
+        return _take(pipeline.train_dataset(folder, TRAIN_SPLITS, per_replica_batch_size=8,
                                             seed=2, deterministic=True, cache=cache,
                                             crop_size=TINY_CROP_SIZE, shuffle_buffer=64), 5)
 
@@ -150,21 +154,21 @@ def test_cache_of_decoded_images_gives_the_same_batches(records):
             np.testing.assert_array_equal(cached[key], uncached[key])
 
 
-def test_protocol_splits_hold_out_one_fold_or_use_the_split(records):
-    manifest = pipeline.read_manifest(str(records))
-    train, held_out = pipeline.protocol_splits(manifest, held_out_fold=2)
+def test_protocol_splits_hold_out_one_fold_or_use_the_split(folder):
+    train, held_out = folder.protocol_splits(held_out_fold=2)
     assert train == ["fold0", "fold1", "fold3", "fold4"] and held_out == ["fold2"]
-    with pytest.raises(ValueError, match="held-out fold 7 does not exist"):
-        pipeline.protocol_splits(manifest, held_out_fold=7)
-    split_manifest = {"settings": {"protocol": "split"},
-                      "splits": {"train": {}, "validation": {}, "test": {}}}
-    assert pipeline.protocol_splits(split_manifest) == (["train"], ["validation"])
+    with pytest.raises(entry.UserError, match="--held_out_fold=7: .* holds fold0, fold1"):
+        folder.protocol_splits(held_out_fold=7)
+    split_folder = records_lib.Records("split", {"settings": {"protocol": "split"},
+                                                 "splits": {"train": {}, "validation": {},
+                                                            "test": {}}})
+    assert split_folder.protocol_splits() == (["train"], ["validation"])
 
 
-def test_a_process_can_cap_the_input_threads(records):
-    train = pipeline.train_dataset(str(records), TRAIN_SPLITS, 8, crop_size=TINY_CROP_SIZE,
+def test_a_process_can_cap_the_input_threads(folder):
+    train = pipeline.train_dataset(folder, TRAIN_SPLITS, 8, crop_size=TINY_CROP_SIZE,
                                    threads=1)
-    evaluation = pipeline.eval_dataset(str(records), ["fold0"], 8, crop_size=TINY_CROP_SIZE,
+    evaluation = pipeline.eval_dataset(folder, ["fold0"], 8, crop_size=TINY_CROP_SIZE,
                                        threads=1)
     for dataset in (train, evaluation.dataset):
         assert dataset.options().threading.private_threadpool_size == 1

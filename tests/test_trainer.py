@@ -259,7 +259,7 @@ def test_resuming_a_folder_of_another_job_is_a_clear_error(python, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--records=/nonexistent/records"], "/nonexistent/records"),
     (["--task=gender"], "holds age labels, not gender"),
-    (["--held_out_fold=7"], "held-out fold 7 does not exist"),
+    (["--held_out_fold=7"], "--held_out_fold=7: "),
     (["--crop_size=100"], "smaller than the 100x100 crops"),
 ])
 def test_bad_flags_or_records_stop_before_any_work(python, records, tmp_path, flags, message):

@@ -4,9 +4,12 @@ An entry point calls `define_job_flags()` and, if it trains, `define_training_fl
 then builds its plain values here. Nothing below the entry points reads flags.
 """
 
+import os
+
 from absl import flags
 from absl import logging
 
+from launch import entry
 from launch import host
 
 from input import adience
@@ -15,9 +18,9 @@ from trainer import data
 from trainer import loop
 from trainer import models
 from trainer import recipes
+from trainer import strategy
 
 FLAGS = flags.FLAGS
-ERROR_EXIT_CODE = 2  # bad flags or records, found before any work
 
 
 # Flags of several entry points, each defined here once; an entry point picks its own.
@@ -27,15 +30,15 @@ _SHARED_FLAGS = {
     "model_dir": lambda: flags.DEFINE_string("model_dir", None, "The job's folder: "
                                              "checkpoints, logs, run.json."),
     "strategy": lambda: flags.DEFINE_enum(
-        "strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "horovod"],
+        "strategy", "auto", strategy.STRATEGIES,
         "auto: horovod under horovodrun, multi_worker when TF_CONFIG names several workers, "
         "mirrored with several GPUs, else one device."),
     "logical_cpus": lambda: flags.DEFINE_integer(
         "logical_cpus", 0, "With no GPU, split the CPU into this many devices (mirrored on one "
-        "machine, for tests and debugging)."),
+        "machine, for tests and debugging).", lower_bound=0),
     "batch_size": lambda: flags.DEFINE_integer(
         "batch_size", None, "Global batch size, over all replicas (default: the recipe's for "
-        "training, 50 for evaluation)."),
+        "training, 50 for evaluation).", lower_bound=1),
     "eval_crops": lambda: flags.DEFINE_enum(
         "eval_crops", "1", ["1", "10"], "The center crop, or the average of the paper's 10 "
         "crops (corners, center and their mirrors)."),
@@ -66,26 +69,31 @@ def define_training_flags():
     flags.DEFINE_enum("recipe", "paper", sorted(recipes.RECIPES), "paper: Levi & Hassner's "
                       "solver exactly. modern: warmup + cosine, label smoothing, nesterov.")
     flags.DEFINE_float("learning_rate", None, "Peak learning rate at the recipe's reference "
-                       "batch size, scaled linearly with --batch_size.")
+                       "batch size, scaled linearly with --batch_size.", lower_bound=0.0)
     flags.DEFINE_enum("schedule", None, recipes.SCHEDULES, "step (x decay_factor every "
                       "--decay_every steps) or cosine (with warm-up).")
-    flags.DEFINE_integer("decay_every", None, "Steps between the step schedule's decays.")
-    flags.DEFINE_float("warmup_fraction", None, "Share of the steps spent warming up (cosine).")
+    flags.DEFINE_integer("decay_every", None, "Steps between the step schedule's decays.",
+                         lower_bound=1)
+    flags.DEFINE_float("warmup_fraction", None, "Share of the steps spent warming up (cosine).",
+                       lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("weight_decay", None, "L2 term factor (Caffe's weight_decay: gradient "
-                       "weight_decay * w); 0 turns it off. Default: the model's.")
-    flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy.")
-    flags.DEFINE_float("dropout", None, "Dropout rate. Default: the model's.")
+                       "weight_decay * w); 0 turns it off. Default: the model's.", lower_bound=0.0)
+    flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy.",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("dropout", None, "Dropout rate. Default: the model's.", lower_bound=0.0,
+                       upper_bound=1.0)
     flags.DEFINE_integer("steps", 0, "Training steps (default: from --epochs, else the "
-                         "recipe's: 50,000 for the paper).")
-    flags.DEFINE_float("epochs", 0, "Training epochs over the training split.")
-    flags.DEFINE_integer("held_out_fold", 0, "Fold held out for evaluation (folds protocol).")
+                         "recipe's: 50,000 for the paper).", lower_bound=0)
+    flags.DEFINE_float("epochs", 0, "Training epochs over the training split.", lower_bound=0.0)
+    flags.DEFINE_integer("held_out_fold", 0, "Fold held out for evaluation (folds protocol).",
+                         lower_bound=0)
     flags.DEFINE_integer("crop_size", images.CROP_SIZE, "Side of the training and evaluation "
-                         "crops.")
+                         "crops.", lower_bound=1)
     flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps (0: every epoch) and "
-                         "at the end.")
-    flags.DEFINE_integer("log_every", 20, "Log every this many steps.")
+                         "at the end.", lower_bound=0)
+    flags.DEFINE_integer("log_every", 20, "Log every this many steps.", lower_bound=1)
     flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint every this many steps (0: only "
-                         "at the end and on a stop).")
+                         "at the end and on a stop).", lower_bound=0)
     flags.DEFINE_enum("precision", "fp32", sorted(loop.PRECISIONS), "mixed_float16 adds loss "
                       "scaling; mixed_bfloat16 runs on CPUs with AVX-512 BF16 too.")
     flags.DEFINE_bool("xla", False, "Compile the forward and backward pass with XLA.")
@@ -106,15 +114,17 @@ def start_process():
 
 
 def require(*names):
-    """Stops with a usage error when a required flag is missing."""
+    """A user error when a required flag is missing (one a flag validator cannot require
+    because it depends on another flag, like --records with --data=records)."""
     missing = [name for name in names if getattr(FLAGS, name) is None]
     if missing:
-        raise flags.IllegalFlagValueError(
-            "missing " + ", ".join(f"--{name}" for name in missing))
+        raise entry.UserError("missing " + ", ".join(f"--{name}" for name in missing))
 
 
 def train_config(input_threads=None, **overrides):
     """The TrainConfig of the training flags (`overrides`: values an entry point sets)."""
+    if FLAGS.backbone_weights and not os.path.isfile(FLAGS.backbone_weights):
+        raise entry.UserError(f"--backbone_weights={FLAGS.backbone_weights}: no such file")
     recipe = recipes.resolve(
         FLAGS.recipe, global_batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         schedule=FLAGS.schedule, decay_every=FLAGS.decay_every,

@@ -15,18 +15,16 @@ the next fold's first step (under one process and Horovod; `multi_worker` may no
 
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 import keras
 import numpy as np
 import tensorflow as tf
 
 from input import adience
+from launch import entry
 from trainer import checkpoint as checkpoint_lib
 from trainer import cli
-from trainer import data
 from trainer import evaluation
 from trainer import loop
 from trainer import strategy
@@ -36,6 +34,9 @@ cli.define_job_flags()
 cli.define_training_flags()
 flags.DEFINE_list("folds", [str(fold) for fold in range(adience.FOLDS)],
                   "The held-out folds to run.")
+flags.register_validator("folds", lambda folds: folds and all(
+    fold.isdigit() and int(fold) < adience.FOLDS for fold in folds),
+    f"--folds: fold numbers 0..{adience.FOLDS - 1}, separated by commas")
 flags.DEFINE_integer("time_steps", 0, "Before the first fold, time this many of its training "
                      "steps (the first 2 untimed) and print the expected time of the folds on "
                      "this machine; 0: no estimate.", lower_bound=0)
@@ -53,30 +54,20 @@ PUBLISHED = {
 
 def main(argv):
     del argv
-    cli.require("model_dir", "records")
     threads = cli.start_process()
     folds = [int(fold) for fold in FLAGS.folds]
-    try:
-        configs = [cli.train_config(input_threads=threads["intra_op"], held_out_fold=fold,
-                                    model_dir=os.path.join(FLAGS.model_dir, f"fold{fold}"))
-                   for fold in folds]
-        # Every fold's records checked before the first one trains.
-        infos = [data.describe("records", config.records, config.task, config.held_out_fold,
-                               config.crop_size) for config in configs]
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return cli.ERROR_EXIT_CODE
+    configs = [cli.train_config(input_threads=threads["intra_op"], held_out_fold=fold,
+                                model_dir=os.path.join(FLAGS.model_dir, f"fold{fold}"))
+               for fold in folds]
+    # Every fold's data checked before the first one trains.
+    infos = [loop.describe_data(config) for config in configs]
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
     if FLAGS.time_steps:
         estimate.cross_validation(configs, infos, backend, FLAGS.time_steps, CROPS)
     results = []
-    for config in configs:
+    for config, info in zip(configs, infos):
         keras.backend.clear_session()  # the previous fold's model (or the timed one) is gone
-        try:
-            outcome = loop.train(config, backend)
-        except loop.TrainingError as error:
-            print(f"error: fold {config.held_out_fold}: {error}", file=sys.stderr, flush=True)
-            return error.exit_code
+        outcome = loop.train(config, backend, info)
         if outcome["stopped_by"]:
             return 0  # rerun to resume
         results.append(_fold_result(backend, config, threads["intra_op"]))
@@ -129,4 +120,5 @@ def _pct(value):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.mark_flags_as_required(["model_dir", "records"])
+    entry.run(main)

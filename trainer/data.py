@@ -13,7 +13,10 @@ import numpy as np
 import tensorflow as tf
 
 from input import adience
+from input import batch as batch_lib
 from input import pipeline
+from input import records as records_lib
+from launch import entry
 
 SOURCES = ("records", "synthetic")
 SYNTHETIC_STEPS = 8  # distinct global batches of the synthetic source, cycled
@@ -23,7 +26,7 @@ SYNTHETIC_PIXEL_MEAN = 127.5
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
     source: str
-    records: str | None
+    records: records_lib.Records | None  # None for synthetic batches
     task: str
     class_names: tuple
     mean_image: np.ndarray
@@ -37,38 +40,34 @@ class DataInfo:
         return len(self.class_names)
 
 
-def describe(source, records, task, held_out_fold, crop_size):
-    """Checks the data against the job and describes it; a clear ValueError on a mismatch."""
+def describe(source, records_dir, task, held_out_fold, crop_size):
+    """Reads and checks the records folder once (input.records) against the job and describes
+    it; a clear UserError on a mismatch. The folder is not read again: the description is
+    handed down to the pipelines."""
     if source == "synthetic":
         names = adience.AGE_GROUP_NAMES if task == "age" else adience.GENDER_NAMES
         mean = np.full((crop_size, crop_size, 3), SYNTHETIC_PIXEL_MEAN, np.float32)
         return DataInfo(source, None, task, tuple(names), mean, (), (), 0, 0)
-    manifest = pipeline.read_manifest(records)
-    settings = manifest["settings"]
+    records = records_lib.load(records_dir)
+    settings = records.settings
     if settings["task"] != task:
-        raise ValueError(f"{records} holds {settings['task']} labels, not {task}: build records "
-                         f"with --task={task} or train with --task={settings['task']}")
-    if settings["image_size"] < crop_size:
-        raise ValueError(f"{records} holds {settings['image_size']}x{settings['image_size']} "
-                         f"images, smaller than the {crop_size}x{crop_size} crops: rebuild "
-                         f"with --image_size of at least {crop_size} or lower --crop_size")
-    train_splits, eval_splits = pipeline.protocol_splits(manifest, held_out_fold)
-
-    return DataInfo("records", records, task, tuple(manifest["class_names"]),
-                    pipeline.mean_image(records, train_splits), tuple(train_splits),
-                    tuple(eval_splits), split_examples(records, train_splits),
-                    split_examples(records, eval_splits))
-
-
-def split_examples(records, split_names):
-    """How many examples these splits of the records hold (a clear error for unknown ones)."""
-    manifest = pipeline.read_manifest(records)
-    return sum(shard["examples"] for shard in pipeline.split_shards(manifest, split_names))
+        raise entry.UserError(
+            f"{records.path} holds {settings['task']} labels, not {task}: build records with "
+            f"--task={task} or train with --task={settings['task']}")
+    if records.image_size < crop_size:
+        raise entry.UserError(
+            f"{records.path} holds {records.image_size}x{records.image_size} images, smaller "
+            f"than the {crop_size}x{crop_size} crops: rebuild with --image_size of at least "
+            f"{crop_size} or lower --crop_size")
+    train_splits, eval_splits = records.protocol_splits(held_out_fold)
+    return DataInfo("records", records, task, records.class_names,
+                    records.mean_image(train_splits), tuple(train_splits), tuple(eval_splits),
+                    records.examples(train_splits), records.examples(eval_splits))
 
 
-def replace_eval_splits(info, records, split_names):
+def replace_eval_splits(info, split_names):
     return dataclasses.replace(info, eval_splits=tuple(split_names),
-                               eval_examples=split_examples(records, split_names))
+                               eval_examples=info.records.examples(split_names))
 
 
 def train_batches(backend, info, global_batch_size, start_step, seed, deterministic,
@@ -123,9 +122,9 @@ def _synthetic(num_classes, crop_size, batch_size, replicas, first_chunk, global
         labels = tf.random.stateless_uniform([global_batch_size], seed=[seed + 1, step],
                                              maxval=num_classes, dtype=tf.int32)
         rows = slice(chunk * batch_size, (chunk + 1) * batch_size)
-        return {"image": tf.cast(images[rows], tf.uint8), "label": labels[rows],
-                "crop_offset": tf.zeros([batch_size, 2], tf.int32),
-                "flip": tf.zeros([batch_size], tf.bool)}
+        return batch_lib.make(tf.cast(images[rows], tf.uint8),
+                              tf.zeros([batch_size, 2], tf.int32),
+                              tf.zeros([batch_size], tf.bool), labels[rows])
 
     cycle = SYNTHETIC_STEPS * replicas
     in_memory = tf.data.Dataset.range(cycle).map(batch).batch(cycle).get_single_element()

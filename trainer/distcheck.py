@@ -16,20 +16,22 @@ check catches it.
 import json
 import os
 
-from absl import app
 from absl import flags
 
+from launch import entry
 from launch import host
+from trainer import strategy
 
 INJECTIONS = ("none", "no_reduction", "replica_mean_loss", "extra_sum_allreduce")
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 8
 
-flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
-                                       "horovod"], "How training is distributed.")
-flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many devices (mirrored).")
-flags.DEFINE_integer("steps", 5, "Training steps.")
-flags.DEFINE_integer("global_batch_size", 16, "Examples per step over all replicas.")
+flags.DEFINE_enum("strategy", "auto", strategy.STRATEGIES, "How training is distributed.")
+flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many devices (mirrored).",
+                     lower_bound=0)
+flags.DEFINE_integer("steps", 5, "Training steps.", lower_bound=1)
+flags.DEFINE_integer("global_batch_size", 16, "Examples per step over all replicas.",
+                     lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.1, "SGD learning rate (momentum 0.9).")
 flags.DEFINE_integer("seed", 0, "Seed of the data and the initial weights.")
 flags.DEFINE_float("tolerance", 1e-5, "Largest weight difference that counts as agreement.")
@@ -41,8 +43,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     threads = host.configure_threads()
-    from trainer import strategy  # after the thread pools are sized
-
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
     result = check(backend, steps=FLAGS.steps, global_batch_size=FLAGS.global_batch_size,
                    learning_rate=FLAGS.learning_rate, seed=FLAGS.seed, inject=FLAGS.inject)
@@ -73,8 +73,8 @@ def check(backend, steps, global_batch_size, learning_rate, seed, inject="none")
     import tensorflow as tf
 
     if global_batch_size % backend.num_replicas:
-        raise ValueError(f"global batch {global_batch_size} does not split over "
-                         f"{backend.num_replicas} replicas")
+        raise entry.UserError(f"--global_batch_size={global_batch_size} does not split over "
+                              f"{backend.num_replicas} replicas")
     images, labels = _global_batches(steps, global_batch_size, seed)
     keras.utils.set_random_seed(seed)
     with backend.scope():
@@ -173,4 +173,4 @@ def _write_weights(out_dir, process_index, weights):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

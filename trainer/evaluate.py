@@ -1,5 +1,6 @@
-"""Evaluates a trained checkpoint on held-out records: exact and 1-off accuracy, per class, and
-the confusion matrix, each example counted once under any strategy.
+"""The command that evaluates a trained checkpoint (the library is trainer.evaluation) on
+held-out records: exact and 1-off accuracy, per class, and the confusion matrix, each example
+counted once under any strategy.
 
   python -m trainer.evaluate --model_dir=runs/lh --records=runs/demo/records --eval_crops=10
   horovodrun -np 2 python -m trainer.evaluate --model_dir=runs/lh --records=... --split=test
@@ -8,12 +9,11 @@ By default it evaluates the job's own held-out split (run.json) with its latest 
 """
 
 import json
-import sys
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
+from launch import entry
 from trainer import checkpoint as checkpoint_lib
 from trainer import cli
 from trainer import evaluation
@@ -31,26 +31,17 @@ EVAL_BATCH_SIZE = 50  # the paper's batch; evaluation holds no gradients
 
 def main(argv):
     del argv
-    cli.require("model_dir")
     threads = cli.start_process()
-    try:
-        run = checkpoint_lib.read_run(FLAGS.model_dir)
-        info = evaluation.held_out(run, FLAGS.records or run["records"], FLAGS.split)
-        path = FLAGS.checkpoint or tf.train.latest_checkpoint(
-            checkpoint_lib.checkpoint_dir(FLAGS.model_dir))
-        if not path:
-            raise FileNotFoundError(f"no checkpoint in {FLAGS.model_dir}")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return cli.ERROR_EXIT_CODE
+    run = checkpoint_lib.read_run(FLAGS.model_dir)
+    info = evaluation.held_out(run, FLAGS.records or run["records"], FLAGS.split)
+    path = FLAGS.checkpoint or tf.train.latest_checkpoint(
+        checkpoint_lib.checkpoint_dir(FLAGS.model_dir))
+    if not path:
+        raise entry.UserError(f"--model_dir={FLAGS.model_dir}: no checkpoint in it")
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
-    try:
-        summary = evaluation.evaluate_checkpoint(backend, run, info, path,
-                                                 FLAGS.batch_size or EVAL_BATCH_SIZE,
-                                                 int(FLAGS.eval_crops), threads["intra_op"])
-    except checkpoint_lib.CheckpointMismatch as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return cli.ERROR_EXIT_CODE
+    summary = evaluation.evaluate_checkpoint(backend, run, info, path,
+                                             FLAGS.batch_size or EVAL_BATCH_SIZE,
+                                             int(FLAGS.eval_crops), threads["intra_op"])
     if backend.is_chief:
         print(metrics.format_confusion(summary["confusion"], info.class_names))
         print(f"{info.eval_examples} examples of {', '.join(info.eval_splits)}, "
@@ -62,4 +53,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.mark_flag_as_required("model_dir")
+    entry.run(main)

@@ -1,4 +1,5 @@
-"""Evaluation on held-out records, shared by the training loop and trainer.evaluate.
+"""Evaluation on held-out records, the library (`trainer.evaluate` is its command line),
+shared by the training loop, trainer.evaluate and the time-to-accuracy races.
 
 Each replica returns the confusion counts of its batch (padding masked out); the counts are
 summed over replicas and workers, then over batches, so that every held-out example counts
@@ -7,6 +8,7 @@ exactly once under any strategy; the total is checked against the records' count
 
 import numpy as np
 
+from launch import entry
 from trainer import checkpoint as checkpoint_lib
 from trainer import data
 from trainer import metrics
@@ -44,14 +46,14 @@ def evaluate_checkpoint(backend, run_info, info, checkpoint_path, global_batch_s
                      threads)()
 
 
-def held_out(run_info, records, split=None):
-    """The data description of a job's evaluation on `records` (its held-out split, or
-    `split`); a clear ValueError for records of another task, size or class list."""
-    info = data.describe("records", records, run_info["task"], run_info["held_out_fold"],
+def held_out(run_info, records_dir, split=None):
+    """The data description of a job's evaluation on `records_dir` (its held-out split, or
+    `split`); a clear UserError for records of another task, size or class list."""
+    info = data.describe("records", records_dir, run_info["task"], run_info["held_out_fold"],
                          run_info["crop_size"])
     if list(info.class_names) != run_info["class_names"]:
-        raise ValueError(f"{records} has classes {list(info.class_names)}, the model was "
-                         f"trained on {run_info['class_names']}")
+        raise entry.UserError(f"{records_dir} has classes {list(info.class_names)}, the model "
+                              f"was trained on {run_info['class_names']}")
     if split:
-        info = data.replace_eval_splits(info, records, [split])
+        info = data.replace_eval_splits(info, [split])
     return info

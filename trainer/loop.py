@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from launch import entry
 from trainer import checkpoint as checkpoint_lib
 from trainer import data
 from trainer import evaluation
@@ -34,17 +35,16 @@ PRECISIONS = {"fp32": "float32", "mixed_float16": "mixed_float16",
 GLOBAL_SEED_RANGE = 2**31 - 2
 
 
-class TrainingError(Exception):
-    """A job that cannot go on; the entry point prints it and exits with `exit_code`."""
-    exit_code = 1
+class TrainingError(entry.Failure):
+    """A job that cannot go on; the entry point prints it and exits with `exit_code` (1)."""
 
 
 class NonFiniteLoss(TrainingError):
     exit_code = 3  # the last good checkpoint is kept; a stop by SIGTERM/SIGINT exits 0
 
 
-class ResumeMismatch(TrainingError):
-    exit_code = 2  # like bad flags: found before any training
+class ResumeMismatch(entry.UserError, TrainingError):
+    """Another job's checkpoints in --model_dir: like bad flags, found before any training."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,32 +90,41 @@ class Job:
     step: tf.Variable
 
 
-def prepare(config, backend):
-    """Sets the process's precision and seeds, then builds the job (nothing restored yet)."""
+def prepare(config, backend, info=None):
+    """Sets the process's precision and seeds, then builds the job (nothing restored yet).
+
+    `info`: the data's description (trainer.data.describe) when the caller already made it;
+    else it is made here from the config.
+    """
     keras.mixed_precision.set_global_policy(PRECISIONS[config.precision])
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     # Never TF's global seed 0: with it, a tensor op seed (the pipeline's per-epoch shuffle
     # seed) makes tf.random's get_seed compare a tensor in Python, and tracing fails.
     keras.utils.set_random_seed(config.seed % GLOBAL_SEED_RANGE + 1)
-    info = data.describe(config.data, config.records, config.task, config.held_out_fold,
-                         config.crop_size)
+    info = info or describe_data(config)
     plan = plan_job(config, backend, info)
     model, optimizer, step = _build(config, backend, info, plan)
     return Job(config, backend, info, plan, model, optimizer, step)
 
 
+def describe_data(config):
+    """The description of the job's data: the records folder read and checked once."""
+    return data.describe(config.data, config.records, config.task, config.held_out_fold,
+                         config.crop_size)
+
+
 def train_step(job):
     """The job's distributed training step: batch -> {"loss", "correct"} summed globally."""
-    config, module, recipe = job.config, models.get(job.config.model), job.config.recipe
-    weight_decay = module.WEIGHT_DECAY if recipe.weight_decay is None else recipe.weight_decay
-    decay_variables = module.decay_variables(job.model)
+    config, family, recipe = job.config, models.get(job.config.model), job.config.recipe
+    weight_decay = family.weight_decay if recipe.weight_decay is None else recipe.weight_decay
+    decay_variables = family.decay_variables(job.model)
     return steps_lib.train_step(
         job.backend, job.model, job.optimizer, job.plan["global_batch_size"],
         job.info.num_classes, label_smoothing=recipe.label_smoothing,
-        regularization=(lambda: module.caffe_l2(decay_variables, weight_decay))
+        regularization=(lambda: recipes.l2_term(decay_variables, weight_decay))
         if weight_decay else None,
-        lr_multipliers=module.lr_multipliers(job.model) if recipe.lr_multipliers else None,
+        lr_multipliers=family.lr_multipliers(job.model) if recipe.lr_multipliers else None,
         xla=config.xla)
 
 
@@ -127,9 +136,12 @@ def batches(job, first_step):
                                    config.crop_size, config.cache, config.input_threads))
 
 
-def train(config, backend):
-    """Trains (or resumes) the job of `config` under `backend`; returns a summary dict."""
-    job = prepare(config, backend)
+def train(config, backend, info=None):
+    """Trains (or resumes) the job of `config` under `backend`; returns a summary dict.
+    `info` as in `prepare`."""
+    if backend.is_chief:  # the only writer of the folder
+        entry.check_writable_dir(config.model_dir, "--model_dir")
+    job = prepare(config, backend, info)
     checkpoints = checkpoint_lib.Checkpoints(
         # Keras 3 leaves its dropout seed generators out of the model's checkpoint graph: list
         # the non-trainable state explicitly, or a resumed job draws other dropout masks.
@@ -161,8 +173,8 @@ def plan_job(config, backend, info):
     recipe = config.recipe
     global_batch_size = recipe.global_batch_size
     if global_batch_size % backend.num_replicas:
-        raise ValueError(f"global batch {global_batch_size} does not split over "
-                         f"{backend.num_replicas} replicas")
+        raise entry.UserError(f"--batch_size: the global batch {global_batch_size} does not "
+                              f"split over {backend.num_replicas} replicas")
     steps_per_epoch = max(1, math.ceil(info.train_examples / global_batch_size))
     return {"global_batch_size": global_batch_size,
             "per_replica_batch_size": global_batch_size // backend.num_replicas,
@@ -198,7 +210,7 @@ def _loop(job, checkpoints, writer, stop):
             break
         learning_rate = float(optimizer.learning_rate)  # the rate this step uses
         started = time.perf_counter()
-        result = run_step(next(stream))
+        result = _run(run_step, stream, config, checkpoints)
         loss, correct = float(result["loss"]), float(result["correct"])
         # The first step of a process traces and compiles: not counted in images/s.
         seconds = time.perf_counter() - started if current > first + 1 else None
@@ -228,6 +240,18 @@ def _loop(job, checkpoints, writer, stop):
     return {"step": final, "total_steps": total, "stopped_by": stopped_by, "eval": last_eval}
 
 
+def _run(run_step, stream, config, checkpoints):
+    """One step; damaged records (a shard truncated or changed after the start's size check)
+    end the job with one line naming the folder, and the last checkpoint is kept."""
+    try:
+        return run_step(next(stream))
+    except tf.errors.DataLossError as error:
+        raise TrainingError(
+            f"{config.records}: damaged records ({error.message.splitlines()[0]}): run python "
+            f"-m input.verify {config.records}; the last checkpoint, "
+            f"{checkpoints.latest()}, is kept") from None
+
+
 # What a resumed job must share with the job that wrote the checkpoint, and what it should.
 MUST_MATCH = ("model", "task", "class_names", "crop_size", "mean_shape", "precision")
 EXACT_RESUME_NEEDS = ("global_batch_size", "processes", "replicas", "seed", "deterministic",
@@ -237,10 +261,9 @@ EXACT_RESUME_NEEDS = ("global_batch_size", "processes", "replicas", "seed", "det
 def _check_resumable(model_dir, run, writer):
     """A clear error when the checkpoint is of another model or task (or precision, whose
     optimizer state differs); a warning when the resumed job cannot be an exact one."""
-    try:
-        previous = checkpoint_lib.read_run(model_dir)
-    except FileNotFoundError:
+    if not checkpoint_lib.has_run(model_dir):
         return
+    previous = checkpoint_lib.read_run(model_dir)
     clashes = {key: (previous.get(key), run[key]) for key in MUST_MATCH
                if previous.get(key) != run[key]}
     if clashes:

@@ -6,16 +6,15 @@
 
 A job restarted with the same --model_dir resumes from its latest checkpoint. SIGTERM or SIGINT
 to any process stops the whole job at one step with a checkpoint, exit code 0; a non-finite
-loss stops it with exit code 3, keeping the last good checkpoint; bad flags or records exit 2.
+loss stops it with exit code 3, keeping the last good checkpoint; bad flags or records exit 2,
+before any work; damaged records or a full disk during training exit 1, keeping the last good
+checkpoint. Every error is one line on stderr, `error: ...`.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 
+from launch import entry
 from trainer import cli
-from trainer import data
 from trainer import loop
 from trainer import strategy
 
@@ -29,21 +28,12 @@ def main(argv):
     del argv
     cli.require("model_dir", *(["records"] if FLAGS.data == "records" else []))
     threads = cli.start_process()
-    try:
-        data.describe(FLAGS.data, FLAGS.records, FLAGS.task, FLAGS.held_out_fold,
-                      FLAGS.crop_size)
-        config = cli.train_config(input_threads=threads["intra_op"])
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return cli.ERROR_EXIT_CODE
+    config = cli.train_config(input_threads=threads["intra_op"])
+    info = loop.describe_data(config)  # the records read and checked once, before any work
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
-    try:
-        loop.train(config, backend)
-    except loop.TrainingError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return error.exit_code
+    loop.train(config, backend, info)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 import keras
+import tensorflow as tf
 
 SCHEDULES = ("step", "cosine")
 
@@ -28,7 +29,7 @@ class Recipe:
     warmup_fraction: float  # cosine only: the share of the steps spent warming up
     momentum: float
     nesterov: bool
-    weight_decay: float | None  # the L2 term's factor; None: the model's own WEIGHT_DECAY
+    weight_decay: float | None  # the L2 term's factor; None: the model family's weight_decay
     lr_multipliers: bool  # the model's per-layer multipliers (the paper's solver)
     label_smoothing: float
     dropout: float | None  # None: the model's default
@@ -108,3 +109,14 @@ def optimizer(recipe, global_batch_size, total, precision):
         # and skip the steps whose gradients overflow (dynamic loss scaling).
         return keras.optimizers.LossScaleOptimizer(sgd)
     return sgd
+
+
+def l2_term(variables, weight_decay):
+    """The loss term whose gradient is Caffe's weight decay, weight_decay * w (before
+    momentum, unlike Keras' decoupled `weight_decay=`).
+
+    tf.nn.l2_loss(w) is sum(w^2) / 2, so its gradient is w. keras.regularizers.L2(wd) adds
+    wd * sum(w^2), whose gradient 2 * wd * w would be twice Caffe's decay. Under several
+    replicas, divide this term by their number (trainer.strategy's scale_regularization).
+    """
+    return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])

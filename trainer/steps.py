@@ -14,8 +14,8 @@ the reduced gradient is the same under every strategy.
 import keras
 import tensorflow as tf
 
+from input import batch as batch_lib
 from trainer import metrics
-from trainer import models
 from trainer import strategy
 
 
@@ -57,7 +57,8 @@ def train_step(backend, model, optimizer, global_batch_size, num_classes, label_
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(batch):
-        grads, loss, correct = forward_backward(models.features(batch), batch["label"])
+        grads, loss, correct = forward_backward(batch_lib.inputs_of(batch),
+                                                batch[batch_lib.LABEL])
         grads = backend.reduce_gradients(grads)
         if loss_scaling:  # every replica skips an overflowing step, or none does
             finite = backend.all_finite(grads)
@@ -81,16 +82,17 @@ def eval_step(backend, model, num_classes):
     per example (metrics.confusion_counts); padded examples are masked out.
     """
     def replica_step(batch):
-        features = models.features(batch)
-        crops = features["image"].shape.rank == 5
+        features = batch_lib.inputs_of(batch)
+        crops = features[batch_lib.IMAGE].shape.rank == 5
         if crops:
-            per_example = tf.shape(features["image"])[:2]
+            per_example = tf.shape(features[batch_lib.IMAGE])[:2]
             features = {key: tf.reshape(value, [-1] + value.shape[2:].as_list())
                         for key, value in features.items()}
         logits = model(features, training=False)
         if crops:
             logits = tf.reshape(logits, tf.concat([per_example, [num_classes]], 0))
-        return metrics.confusion_counts(batch["label"], logits, batch["mask"], num_classes)
+        return metrics.confusion_counts(batch[batch_lib.LABEL], logits, batch[batch_lib.MASK],
+                                        num_classes)
 
     @tf.function
     def step(batch):

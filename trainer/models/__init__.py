@@ -1,18 +1,22 @@
-"""Models by name.
+"""Models by name: the registry returns each family's contract, one `ModelFamily`.
 
-Every model module offers the same few names, which the trainer uses without knowing the model:
+The trainer knows a model only through it:
 
     build(num_classes, mean_image, dropout=..., crop_size=...) -> keras.Model
-        inputs {"image" uint8 [B, c, c, 3], "crop_offset" int32 [B, 2], "flip" bool [B]}
-        (`features(batch)` picks them out of a pipeline batch), float32 logits out;
-    WEIGHT_DECAY, decay_variables(model), caffe_l2(variables, weight_decay),
-    lr_multipliers(model) -> {variable path: multiplier}: the paper's solver, or (for the
-        networks with batch norm) decay on kernels only and no multipliers.
+        inputs input.batch.MODEL_INPUTS of a batch {"image" uint8 [B, c, c, 3], "crop_offset"
+        int32 [B, 2], "flip" bool [B]}, float32 logits out;
+    weight_decay: the default factor of the solver's L2 term (recipes.l2_term);
+    decay_variables(model): the variables that term applies to;
+    lr_multipliers(model) -> {variable path: multiplier}: the paper's solver's per-layer rates
+        (the recipe decides whether they are used); {} for the networks with batch norm.
 
 levi_hassner is the published network; levi_hassner_bn, resnet and mobilenet_v2 the better ones
 (mobilenet_v2's `build` also takes `weights`, a local file of ImageNet weights); tiny is for
 tests.
 """
+
+import dataclasses
+from typing import Callable
 
 import numpy as np
 
@@ -22,14 +26,30 @@ from trainer.models import mobilenet_v2
 from trainer.models import nesting
 from trainer.models import resnet
 from trainer.models import tiny
-from trainer.models.mean_window import INPUT_KEYS, features  # noqa: F401
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """What every model family provides (see the module docstring)."""
+    build: Callable
+    weight_decay: float
+    decay_variables: Callable
+    lr_multipliers: Callable
+
 
 MODELS = {
-    "levi_hassner": levi_hassner,
-    "levi_hassner_bn": levi_hassner_bn,
-    "mobilenet_v2": mobilenet_v2,
-    "resnet": resnet,
-    "tiny": tiny,
+    "levi_hassner": ModelFamily(levi_hassner.build, levi_hassner.WEIGHT_DECAY,
+                                levi_hassner.decay_variables, levi_hassner.lr_multipliers),
+    "levi_hassner_bn": ModelFamily(levi_hassner_bn.build, levi_hassner_bn.WEIGHT_DECAY,
+                                   levi_hassner_bn.decay_variables,
+                                   levi_hassner_bn.lr_multipliers),
+    "mobilenet_v2": ModelFamily(mobilenet_v2.build, mobilenet_v2.WEIGHT_DECAY,
+                                levi_hassner_bn.decay_variables,
+                                levi_hassner_bn.lr_multipliers),
+    "resnet": ModelFamily(resnet.build, resnet.WEIGHT_DECAY, levi_hassner_bn.decay_variables,
+                          levi_hassner_bn.lr_multipliers),
+    "tiny": ModelFamily(tiny.build, levi_hassner.WEIGHT_DECAY, levi_hassner.decay_variables,
+                        levi_hassner.lr_multipliers),
 }
 
 
@@ -38,14 +58,14 @@ def names():
 
 
 def get(name):
-    """The module of the model called `name`."""
+    """The ModelFamily called `name`."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
     return MODELS[name]
 
 
 def build(name, num_classes, mean_image, **options):
-    """The model called `name`; `options` go to its module's `build` (dropout, crop_size, ...)."""
+    """The model called `name`; `options` go to its `build` (dropout, crop_size, ...)."""
     return get(name).build(num_classes, mean_image, **options)
 
 

@@ -139,16 +139,6 @@ def lr_multipliers(model):
     return multipliers
 
 
-def caffe_l2(variables, weight_decay=WEIGHT_DECAY):
-    """The loss term whose gradient is Caffe's weight decay, weight_decay * w.
-
-    tf.nn.l2_loss(w) is sum(w^2) / 2, so its gradient is w. keras.regularizers.L2(wd) adds
-    wd * sum(w^2), whose gradient 2 * wd * w would be twice Caffe's decay. Under several
-    replicas, divide this term by their number (trainer.strategy's scale_regularization).
-    """
-    return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
-
-
 def _weighted_layers(model):
     return [layer for layer in model.layers
             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]

@@ -15,21 +15,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-INPUT_KEYS = ("image", "crop_offset", "flip")  # what the models read from a pipeline batch
-
+from input import batch
 
 def inputs(crop_size):
-    """The models' named inputs: uint8 crops, their (y, x) offsets and their flips."""
-    return {
-        "image": keras.Input((crop_size, crop_size, 3), dtype="uint8", name="image"),
-        "crop_offset": keras.Input((2,), dtype="int32", name="crop_offset"),
-        "flip": keras.Input((), dtype="bool", name="flip"),
-    }
-
-
-def features(batch):
-    """The model's inputs out of a pipeline batch (which also holds "label", maybe "mask")."""
-    return {key: batch[key] for key in INPUT_KEYS}
+    """The models' named inputs (input.batch.MODEL_INPUTS): uint8 crops, their (y, x) offsets
+    and their flips."""
+    return batch.make_inputs(
+        keras.Input((crop_size, crop_size, 3), dtype="uint8", name=batch.IMAGE),
+        keras.Input((2,), dtype="int32", name=batch.CROP_OFFSET),
+        keras.Input((), dtype="bool", name=batch.FLIP))
 
 
 def subtract_mean(model_inputs, mean_image, name="mean_window"):
@@ -38,7 +32,7 @@ def subtract_mean(model_inputs, mean_image, name="mean_window"):
     layer = MeanWindow(shape, name=name)
     if mean_image is not None:
         layer.mean.assign(np.asarray(mean_image, np.float32))
-    return layer(model_inputs["image"], model_inputs["crop_offset"], model_inputs["flip"])
+    return layer(*(model_inputs[key] for key in batch.MODEL_INPUTS))
 
 
 @keras.saving.register_keras_serializable(package="agenet")

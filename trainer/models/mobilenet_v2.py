@@ -32,21 +32,18 @@ import os
 import keras
 
 from input import images
-from trainer.models import levi_hassner_bn
 from trainer.models import mean_window
 
 # Kernels-only decay (nested backbone walked into) and no multipliers, as for every BN network.
-caffe_l2 = levi_hassner_bn.caffe_l2
-decay_variables = levi_hassner_bn.decay_variables
-lr_multipliers = levi_hassner_bn.lr_multipliers
 
 PIXEL_SCALE = 1 / 127.5  # mean-subtracted pixels to about [-1, 1], the ImageNet weights' range
 ALPHA = 1.0  # width multiplier; Keras has ImageNet weights for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4
 DROPOUT = 0.2  # TF-Slim's MobileNetV2 head (keep_prob 0.8)
 HEAD = "fc8"
 
-# As caffe_l2's factor (gradient WEIGHT_DECAY * w): Sandler et al.'s 4e-5 for MobileNetV2 on
-# ImageNet. Small, which also suits fine-tuning: it pulls little on the pretrained weights.
+# The L2 term's factor (recipes.l2_term: gradient WEIGHT_DECAY * w): Sandler et al.'s 4e-5
+# for MobileNetV2 on ImageNet. Small, which also suits fine-tuning: it pulls little on the
+# pretrained weights.
 WEIGHT_DECAY = 4e-5
 
 

@@ -29,13 +29,7 @@ Solver: weight decay on kernels only, no learning-rate multipliers (levi_hassner
 import keras
 
 from input import images
-from trainer.models import levi_hassner_bn
 from trainer.models import mean_window
-
-# Kernels-only decay and no multipliers, as for every network with batch norm here.
-caffe_l2 = levi_hassner_bn.caffe_l2
-decay_variables = levi_hassner_bn.decay_variables
-lr_multipliers = levi_hassner_bn.lr_multipliers
 
 PIXEL_SCALE = 1 / 128  # crops minus the mean lie in about [-128, 128]: bring them near [-1, 1]
 STEM_FILTERS, STEM_KERNEL, STEM_STRIDE = 32, 7, 2
@@ -45,8 +39,8 @@ BLOCKS_PER_STAGE = 1
 DROPOUT = 0.2  # 256 averaged features feed the head; modest dropout, as in modern CNN heads
 HEAD = "fc8"
 
-# As caffe_l2's factor (gradient WEIGHT_DECAY * w): He et al.'s value for their ImageNet and
-# CIFAR ResNets, trained with SGD and momentum 0.9 as here.
+# The L2 term's factor (recipes.l2_term: gradient WEIGHT_DECAY * w): He et al.'s value for
+# their ImageNet and CIFAR ResNets, trained with SGD and momentum 0.9 as here.
 WEIGHT_DECAY = 1e-4
 
 

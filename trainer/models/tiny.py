@@ -9,8 +9,6 @@ import keras
 from input import images
 from trainer.models import mean_window
 # The paper's solver, so that the tiny model exercises the same training step.
-from trainer.models.levi_hassner import (WEIGHT_DECAY, caffe_l2, decay_variables,  # noqa: F401
-                                         lr_multipliers)
 
 PIXEL_SCALE = 1 / 128  # crops minus the mean lie in about [-128, 128]: bring them near [-1, 1]
 POOL_SIZE, POOL_STRIDE = 3, 2

@@ -23,6 +23,7 @@ import shutil
 
 import tensorflow as tf
 
+from input import batch
 from input import images
 from launch import entry
 from trainer import checkpoint as checkpoint_lib
@@ -55,8 +56,7 @@ class Classifier(tf.Module):
             tf.TensorSpec([self._crops, self._crop_size, self._crop_size, 3], tf.uint8),
             tf.TensorSpec([self._crops, 2], tf.int32), tf.TensorSpec([self._crops], tf.bool)))
         windows, offsets, flips = (tf.reshape(t, [-1] + t.shape[2:].as_list()) for t in crops)
-        logits = self.model({"image": windows, "crop_offset": offsets, "flip": flips},
-                            training=False)
+        logits = self.model(batch.make_inputs(windows, offsets, flips), training=False)
         logits = tf.reshape(tf.cast(logits, tf.float32), [-1, self._crops, logits.shape[-1]])
         # As in evaluation (trainer.metrics): the crops' probabilities, averaged.
         probabilities = tf.reduce_mean(tf.nn.softmax(logits), axis=1)
@@ -80,7 +80,7 @@ def export(model_dir, export_dir, crops=1, checkpoint_path=None):
     disk fails during the save; either way nothing is left at export_dir or beside it.
     """
     check_export_dir(export_dir)
-    run = _read_run(model_dir)
+    run = checkpoint_lib.read_run(model_dir)  # a UserError when it is not a job folder
     path = checkpoint_path or tf.train.latest_checkpoint(checkpoint_lib.checkpoint_dir(model_dir))
     if not path:
         raise entry.UserError(f"no checkpoint in {checkpoint_lib.checkpoint_dir(model_dir)}: "
@@ -105,16 +105,6 @@ def check_export_dir(export_dir):
                               f"folder")
 
 
-def _read_run(model_dir):
-    try:
-        return checkpoint_lib.read_run(model_dir)
-    except FileNotFoundError as error:
-        raise entry.UserError(f"--model_dir: {error}") from None
-    except ValueError as error:  # run.json that is not JSON
-        raise entry.UserError(f"--model_dir {model_dir}: its {checkpoint_lib.RUN_FILE} is "
-                              f"damaged: {error}") from None
-
-
 def temporary_name(export_dir, pid=None):
     return f"{export_dir}{TEMPORARY_SUFFIX}{os.getpid() if pid is None else pid}"
 
@@ -126,10 +116,10 @@ def _remove_leftovers(export_dir):
     if not os.path.isdir(parent):
         return
     pattern = re.compile(re.escape(name + TEMPORARY_SUFFIX) + r"(\d+)")
-    for entry_name in os.listdir(parent):
-        match = pattern.fullmatch(entry_name)
+    for candidate in os.listdir(parent):
+        match = pattern.fullmatch(candidate)
         if match and not _process_exists(int(match.group(1))):
-            shutil.rmtree(os.path.join(parent, entry_name), ignore_errors=True)
+            shutil.rmtree(os.path.join(parent, candidate), ignore_errors=True)
 
 
 def _process_exists(pid):
@@ -161,10 +151,7 @@ def _make_temporary(export_dir):
 
 def _write(model_dir, run, path, crops, temporary, export_dir):
     """Saves the SavedModel and its metadata file into `temporary`; returns the metadata."""
-    try:
-        model = checkpoint_lib.load_model(run, path)
-    except checkpoint_lib.CheckpointMismatch as error:
-        raise entry.UserError(str(error)) from None
+    model = checkpoint_lib.load_model(run, path)  # a UserError for another model's checkpoint
     metadata = _metadata(model_dir, run, path, crops)
     classifier = Classifier(model, run["class_names"], run["mean_shape"][0], run["crop_size"],
                             crops, metadata)

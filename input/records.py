@@ -1,0 +1,138 @@
+"""A records folder written by input.build, read and checked once: `records.load(path)`.
+
+The trainer opens the folder at start and hands the object down (data description, input
+pipelines, evaluation): the manifest is parsed once, and every shard is there with the size the
+manifest gives before any work starts, so a truncated or missing shard is refused up front,
+named, instead of failing a job at its first step. Content (checksums, every record's CRC) is
+`python -m input.verify`'s job: it reads every byte, which a training start should not.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+
+import numpy as np
+
+from input import schema
+from launch import entry
+
+VERIFY = "python -m input.verify"
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    path: str
+    manifest: dict
+
+    @property
+    def settings(self):
+        return self.manifest["settings"]
+
+    @property
+    def class_names(self):
+        return tuple(self.manifest["class_names"])
+
+    @property
+    def image_size(self):
+        return self.settings["image_size"]
+
+    @property
+    def split_names(self):
+        return sorted(self.manifest["splits"])
+
+    def shards(self, split_names):
+        """The manifest's shard entries of these splits, sorted by file name."""
+        unknown = sorted(set(split_names) - set(self.manifest["splits"]))
+        if unknown:
+            raise entry.UserError(f"split(s) {', '.join(unknown)} not in {self.path}; it holds "
+                                  f"{', '.join(self.split_names)}")
+        return sorted((shard for name in split_names
+                       for shard in self.manifest["splits"][name]["shards"]),
+                      key=lambda shard: shard["file"])
+
+    def files(self, shards):
+        return [os.path.join(self.path, shard["file"]) for shard in shards]
+
+    def examples(self, split_names):
+        return sum(shard["examples"] for shard in self.shards(split_names))
+
+    def pipeline_shards(self, split_names, num_pipelines, pipeline_index):
+        """This pipeline's shards: every num_pipelines-th file of the sorted list, before any
+        shuffle, so that pipelines never read the same file."""
+        all_shards = self.shards(split_names)
+        if len(all_shards) < num_pipelines:
+            raise entry.UserError(
+                f"{self.path}: {len(all_shards)} shard files of {', '.join(split_names)} for "
+                f"{num_pipelines} input pipelines: rebuild the records with --shards of at "
+                f"least {num_pipelines}")
+        return all_shards[pipeline_index::num_pipelines]
+
+    def protocol_splits(self, held_out_fold=0):
+        """(training splits, evaluation splits).
+
+        The folds protocol trains on four folds and evaluates on the held-out one (the paper's
+        5-fold cross-validation); the 60/20/20 split trains on "train" and evaluates on
+        "validation" ("test" is kept for the final report).
+        """
+        if self.settings["protocol"] == "split":
+            return ["train"], ["validation"]
+        held_out = f"fold{held_out_fold}"
+        if held_out not in self.split_names:
+            raise entry.UserError(f"--held_out_fold={held_out_fold}: {self.path} holds "
+                                  f"{', '.join(self.split_names)}")
+        return [name for name in self.split_names if name != held_out], [held_out]
+
+    def mean_image(self, split_names):
+        """The per-pixel mean (H x W x 3 float32) of these splits' images, from the build's
+        sums."""
+        self.shards(split_names)  # names them if unknown
+        path = os.path.join(self.path, self.manifest["pixel_sums"])
+        try:
+            with np.load(path) as sums:
+                total = sum(sums[name] for name in split_names)
+        except (OSError, ValueError, KeyError) as error:  # a zip that is not one, a lost split
+            raise entry.UserError(f"{path}: unreadable ({error}); run {VERIFY} "
+                                  f"{self.path}") from error
+        return (total / self.examples(split_names)).astype(np.float32)
+
+    @functools.cached_property
+    def parse(self):
+        """The record parser for this folder's image format and size."""
+        return functools.partial(schema.parse, image_format=self.settings["format"],
+                                 size=self.image_size)
+
+
+def load(path):
+    """The records folder at `path`, its manifest parsed and its shards' sizes checked; a
+    clear UserError naming the file otherwise."""
+    manifest_path = os.path.join(path, schema.MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise entry.UserError(f"{manifest_path} not found: {path} is not a records folder "
+                              f"built by input.build (or its build did not finish)")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as error:
+        raise entry.UserError(f"{manifest_path}: not JSON (line {error.lineno}, column "
+                              f"{error.colno}: {error.msg}); rebuild the records") from error
+    except UnicodeDecodeError as error:
+        raise entry.UserError(f"{manifest_path}: not JSON (not text); rebuild the "
+                              f"records") from error
+    records = Records(path, manifest)
+    _check_sizes(records)
+    return records
+
+
+def _check_sizes(records):
+    """Every shard of the manifest present with its recorded size. Manifests written before
+    sizes were recorded (version 1) have none: their shards are checked for presence only."""
+    for shard in records.shards(records.split_names):
+        path = os.path.join(records.path, shard["file"])
+        if not os.path.isfile(path):
+            raise entry.UserError(f"{path}: missing (the manifest lists it); run {VERIFY} "
+                                  f"{records.path}")
+        size = os.path.getsize(path)
+        if "bytes" in shard and size != shard["bytes"]:
+            raise entry.UserError(f"{path}: {size} bytes, the manifest says {shard['bytes']} "
+                                  f"(truncated or changed); run {VERIFY} {records.path}")
