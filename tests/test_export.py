@@ -308,13 +308,15 @@ def test_predict_on_a_folder_without_images_is_an_error(python, exported, synthe
     assert lines[1]["file"] == str(face) and "label" in lines[1]
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_folder", "a_file"])
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "a_file", "damaged"])
 def test_predict_refuses_a_saved_model_that_is_not_one(python, synthetic_tree, tmp_path, case):
     path = tmp_path / "model"
-    if case == "empty_folder":
-        path.mkdir()
-    elif case == "a_file":
+    if case == "a_file":
         path.write_text("not a model")
+    elif case != "missing":
+        path.mkdir()
+    if case == "damaged":
+        (path / "saved_model.pb").write_bytes(b"not a protocol buffer")
     face = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[0]
     assert_one_error(predict(python, path, face), 2, f"--saved_model {path}")
 

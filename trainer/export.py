@@ -26,7 +26,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    saved_model.check_export_dir(FLAGS.export_dir)  # before TensorFlow starts its threads
     cli.start_process()
     metadata = saved_model.export(FLAGS.model_dir, FLAGS.export_dir, int(FLAGS.eval_crops),
                                   FLAGS.checkpoint)

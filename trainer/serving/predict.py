@@ -32,7 +32,11 @@ def check_saved_model(saved_model):
 def load(saved_model):
     """(the serving function, its class names) of a SavedModel written by trainer.export, once
     check_saved_model() has passed."""
-    model = tf.saved_model.load(saved_model)
+    try:
+        model = tf.saved_model.load(saved_model)
+    except (OSError, ValueError, tf.errors.OpError) as error:  # a damaged saved_model.pb
+        raise entry.UserError(f"--saved_model {saved_model} cannot be loaded: "
+                              f"{str(error).strip().splitlines()[0]}") from None
     if SIGNATURE not in model.signatures or not hasattr(model, "class_names"):
         raise entry.UserError(f"--saved_model {saved_model} is a SavedModel but not one written "
                               f"by trainer.export (no {SIGNATURE} signature or class names)")
