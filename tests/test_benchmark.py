@@ -2,11 +2,14 @@
 real (tiny model, one process and two Horovod processes, synthetic and records), its table, JSON
 lines and ratios; a time-to-accuracy race; their flags."""
 
+import errno
 import json
 
 import pytest
 
 from conftest import TINY_CROP_SIZE, run
+from launch import entry
+from trainer.bench import output
 from trainer.bench import processes
 from trainer.bench import races
 from trainer.bench import throughput
@@ -187,3 +190,22 @@ def test_help_lists_each_commands_own_flags_and_no_internal_ones(python, command
               if line.startswith("  --")}
     assert {own, "--records", "--out_dir"} <= listed
     assert not listed & {"--cell", "--race", *foreign}
+
+
+@pytest.mark.parametrize("command", ["trainer.benchmark", "trainer.time_to_accuracy"])
+def test_an_out_dir_that_cannot_be_a_folder_is_refused_before_any_work(python, tmp_path,
+                                                                         command):
+    (tmp_path / "file").write_text("the user's")
+    out_dir = tmp_path / "file" / "out"
+    result = run([python, "-m", command, "--records=unused", f"--out_dir={out_dir}"])
+    assert_usage_error(result, f"--out_dir={out_dir}", "not a directory")
+    assert (tmp_path / "file").read_text() == "the user's"
+
+
+def test_a_full_disk_under_out_dir_is_one_user_error(tmp_path, monkeypatch):
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(output.os, "makedirs", full)
+    with pytest.raises(entry.UserError, match=f"--out_dir={tmp_path}: {tmp_path}: no space left "
+                                              f"on device"):
+        output.open_jsonl(str(tmp_path), "benchmark.jsonl")

@@ -7,7 +7,8 @@
 - `estimate`: how long a cross-validation will take here (used by `trainer.cross_validate`);
 - `scaling`: a model of the ring all-reduce at many GPUs; `charts`: the PNG charts;
 - `timing`: the one way all of them time the real training step;
-- `processes` and `worker`: how a cell or a race runs in processes of its own.
+- `processes` and `worker`: how a cell or a race runs in processes of its own; `output`:
+  where their JSON lines go.
 
 This package imports the core (loop, strategy, data, models, checkpoint); the core never
 imports it.

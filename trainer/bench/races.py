@@ -28,6 +28,7 @@ from trainer import loop
 from trainer import models
 from trainer import recipes
 from trainer.bench import charts
+from trainer.bench import output
 from trainer.bench import processes
 from trainer.bench import timing
 
@@ -85,18 +86,18 @@ def race_all(baseline, improved, out_dir, target_accuracy=None, improved_epochs=
       improved_epochs: the improved recipe's length (0: the recipe's own).
       common: the other fields of `Race`, the same in every race.
     """
-    _make_output_dir(out_dir)
-    print(f"baseline: {baseline} for {common['budget_seconds']:g} s of training",
-          file=sys.stderr, flush=True)
-    baseline_result = run_race(Race("baseline", **contender(baseline), **common))
-    target = target_accuracy or max(p["smoothed"] for p in baseline_result["curve"])
-    improved_results = []
-    for number, spec in enumerate(improved, 1):
-        print(f"improved {number}: {spec} to {100 * target:.1f}%", file=sys.stderr, flush=True)
-        improved_results.append(run_race(Race(
-            f"improved {number}", **contender(spec), epochs=improved_epochs, target=target,
-            **common)))
-    with open(os.path.join(out_dir, "time_to_accuracy.jsonl"), "a") as out:
+    with output.open_jsonl(out_dir, "time_to_accuracy.jsonl") as out:
+        print(f"baseline: {baseline} for {common['budget_seconds']:g} s of training",
+              file=sys.stderr, flush=True)
+        baseline_result = run_race(Race("baseline", **contender(baseline), **common))
+        target = target_accuracy or max(p["smoothed"] for p in baseline_result["curve"])
+        improved_results = []
+        for number, spec in enumerate(improved, 1):
+            print(f"improved {number}: {spec} to {100 * target:.1f}%", file=sys.stderr,
+                  flush=True)
+            improved_results.append(run_race(Race(
+                f"improved {number}", **contender(spec), epochs=improved_epochs,
+                target=target, **common)))
         for race in (baseline_result, *improved_results):
             out.write(json.dumps({**race, "target": target}) + "\n")
     chart = charts.time_to_accuracy([baseline_result, *improved_results], target,
@@ -107,15 +108,6 @@ def race_all(baseline, improved, out_dir, target_accuracy=None, improved_epochs=
     for line in summary(baseline_result, improved_results, target):
         print(line)
     print(f"chart: {chart}")
-
-
-def _make_output_dir(out_dir):
-    """OUT_DIR made before the first race: a path that cannot be a folder is a user's mistake
-    found before any work, not a race lost after it."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as error:
-        raise entry.UserError(f"--out_dir={out_dir}: {entry.path_error(error)}") from error
 
 
 def run_race(race):

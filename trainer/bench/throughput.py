@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from launch import entry
 from trainer.bench import charts
+from trainer.bench import output
 from trainer.bench import processes
 from trainer.bench import scaling
 from trainer.bench import timing
@@ -48,7 +48,7 @@ def run_matrix(cells, steps, out_dir, repeats, bandwidth_gbit, gpu_step_seconds)
         cell's measured step).
     """
     runs = []
-    with _open_output(out_dir) as out:
+    with output.open_jsonl(out_dir, "benchmark.jsonl") as out:
         for repeat in range(repeats):
             for number, cell in enumerate(cells, 1):
                 print(f"[{repeat * len(cells) + number}/{repeats * len(cells)}] "
@@ -69,16 +69,6 @@ def run_matrix(cells, steps, out_dir, repeats, bandwidth_gbit, gpu_step_seconds)
         print(scaling.table(step_seconds, reference["trainable_parameters"],
                             reference["gradient_tensors"], bandwidth_gbit))
     return 0 if all("error" not in r for r in results) else 1
-
-
-def _open_output(out_dir):
-    """OUT_DIR/benchmark.jsonl opened to append, before any cell runs: a folder that cannot
-    hold it is a user's mistake, not a failed measurement."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        return open(os.path.join(out_dir, "benchmark.jsonl"), "a")
-    except OSError as error:
-        raise entry.UserError(f"--out_dir={out_dir}: {entry.path_error(error)}") from error
 
 
 def run_cell(cell, steps):
