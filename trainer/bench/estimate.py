@@ -27,7 +27,8 @@ def cross_validation(configs, infos, backend, steps, final_crops):
     Every process must call it: the timed steps are collective. `final_crops`: the crops of
     each fold's final evaluations (one evaluation each).
     """
-    seconds_per_step, global_batch_size, warmup = time_training(configs[0], backend, steps)
+    seconds_per_step, global_batch_size, warmup = time_training(configs[0], infos[0], backend,
+                                                                steps)
     work = [fold_work(config, info, backend, final_crops)
             for config, info in zip(configs, infos)]
     seconds_per_image = seconds_per_step / global_batch_size
@@ -50,10 +51,11 @@ def cross_validation(configs, infos, backend, steps, final_crops):
     return figures
 
 
-def time_training(config, backend, steps):
-    """(seconds per step, global batch, warm-up steps) of `config`'s job over `steps` steps,
-    the first WARMUP_STEPS (fewer if `steps` is small; at least one step is timed) untimed."""
-    job = loop.prepare(config, backend)
+def time_training(config, info, backend, steps):
+    """(seconds per step, global batch, warm-up steps) of `config`'s job (on its data `info`)
+    over `steps` steps, the first WARMUP_STEPS (fewer if `steps` is small; at least one step is
+    timed) untimed."""
+    job = loop.prepare(config, backend, info)
     timer = timing.StepTimer(job)
     warmup = max(0, min(WARMUP_STEPS, steps - 1))
     timer.warm_up(warmup)
