@@ -2,6 +2,8 @@
 
 Levi & Hassner's protocol (`age_rule="paper"`, the default) keeps only the eight group strings
 and repairs one typo, "(25, 23)" -> "(25, 32)"; every other string is dropped, counted by string.
+An age string the published files do not have (below), such as "(1, 99)", is a problem of its
+row under either rule: reported with its fold file and line and skipped (fatal with strict).
 "nearest" is our opt-in extension: a single age, or a range by its midpoint, goes to the group
 whose interval ([0, 2], [4, 6], [8, 12], [15, 20], [25, 32], [38, 43], [48, 53], [60, inf))
 holds it, else to the nearest interval by distance to its edge, ties to the older group
@@ -79,6 +81,12 @@ LAYOUTS = tuple(_IMAGE_PREFIXES)
 # The one typo Levi & Hassner's data-preparation script repairs; every other string is dropped.
 _AGE_TYPOS = {"(25, 23)": "(25, 32)"}
 _NO_AGE = "None"
+# Every age string of the published fold files (the table above). Another one, even well-formed
+# such as "(1, 99)", is a problem of its row (reported with its line, fatal with strict), never
+# silently dropped or mapped.
+KNOWN_AGE_STRINGS = frozenset(AGE_GROUPS + tuple(_AGE_TYPOS) + (
+    _NO_AGE, "35", "13", "22", "34", "23", "45", "55", "36", "57", "3", "29", "58", "2", "32",
+    "56", "42", "46", "(27, 32)", "(38, 42)", "(38, 48)", "(8, 23)"))
 _SINGLE_AGE = re.compile(r"[0-9]+")
 _AGE_RANGE = re.compile(r"\(\s*([0-9]+)\s*,\s*([0-9]+)\s*\)")
 _UNKNOWN_GENDERS = ("u", "")
@@ -252,6 +260,9 @@ def _parse_row(fields, source, fold, adience_dir, layout, task, age_rule):
         if not row[column]:
             raise ValueError(f"empty {column}")
     age, gender = age_class(row["age"], age_rule), gender_class(row["gender"])
+    if row["age"] not in KNOWN_AGE_STRINGS:
+        raise ValueError(f"unknown age string {row['age']!r} (not one of the age strings of "
+                         f"the published fold files)")
     example = Example(
         source=source, fold=fold, user_id=row["user_id"], face_id=row["face_id"],
         original_image=row["original_image"], age=row["age"],
@@ -267,8 +278,9 @@ def read_examples(adience_dir, task="age", age_rule="paper", layout="aligned", s
                   check_images=True) -> tuple[list[Example], Report]:
     """Reads the five fold files into labelled examples, in fold then line order.
 
-    Rows without a label for the task are dropped and counted by their string. Malformed rows
-    and missing images are problems ("fold_0_data.txt:17: ..."), skipped; duplicate rows
+    Rows without a label for the task are dropped and counted by their string. Malformed rows,
+    age strings the published files do not have (`KNOWN_AGE_STRINGS`) and missing images are
+    problems ("fold_0_data.txt:17: ..."), counted and skipped; duplicate rows
     (same user_id, face_id, original_image) are kept once. Images are looked for only for
     rows that would be kept.
 

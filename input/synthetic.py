@@ -31,11 +31,12 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from input import adience
 from input import faces
+from launch import entry
 
 DEFAULT_SUBJECTS = 100
 DEFAULT_IMAGE_SIZE = 816  # the real aligned images' size
@@ -265,6 +266,8 @@ def _define_flags():
 def main(argv):
     del argv
     flag = flags.FLAGS
+    if os.path.exists(flag.out) and not os.path.isdir(flag.out):
+        raise entry.UserError(f"--out={flag.out}: not a directory")
     summary = generate(flag.out, subjects=flag.subjects, seed=flag.seed,
                        image_size=flag.image_size, faces_layout=flag.faces_layout,
                        workers=flag.workers, images=flag.images)
@@ -277,4 +280,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    entry.run(main)

@@ -2,26 +2,39 @@
 
   python -m input.verify ~/data/records
 
-Reports each file that differs from the manifest by name (missing, extra, checksum, record
-count, class counts, a corrupt record) and exits 1 if any does, 0 if all agree.
+Reports each file that differs from the manifest by name (missing, extra, size, checksum,
+record count, class counts, a corrupt record; pixel_sums.npz missing, changed or unreadable)
+and exits 1 if any does, 0 if all agree. A manifest written before shard sizes and the pixel
+sums' checksum were recorded (version 1) is checked by the shards' SHA-256 and by reading
+pixel_sums.npz, and says so in one line. Exit 2: RECORDS_DIR is not a folder, or its
+manifest.json is not a manifest (not JSON, say).
 """
 
 import glob
 import json
 import os
+import zipfile
+import zlib
 
-from absl import app
+import numpy as np
 
 from input import schema
 from input import shards
+from launch import entry
 from launch import host
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise app.UsageError("usage: python -m input.verify RECORDS_DIR")
+    records_dir = argv[1]
+    if not os.path.isdir(records_dir):
+        raise entry.UserError(f"{records_dir}: no such folder")
     host.configure_threads()
-    differences = verify(argv[1])
+    manifest = read_manifest(records_dir)
+    if manifest is not None and "pixel_sums_sha256" not in manifest:
+        print(f"{os.path.join(records_dir, schema.MANIFEST)}: version {manifest.get('version')}, "
+              f"written before shard sizes and the pixel sums' checksum were recorded: checked "
+              f"by the shards' checksums and by reading {schema.PIXEL_SUMS}")
+    differences = check(records_dir, manifest)
     for difference in differences:
         print(difference)
     print(f"{len(differences)} difference(s)" if differences else "all shards agree")
@@ -29,12 +42,38 @@ def main(argv):
 
 
 def verify(records_dir):
-    """A list of human-readable differences between the folder and its manifest (empty: ok)."""
-    manifest_path = os.path.join(records_dir, schema.MANIFEST)
-    if not os.path.exists(manifest_path):
-        return [f"{manifest_path}: missing (not a records folder, or its build did not finish)"]
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+    """A list of human-readable differences between the folder and its manifest (empty: ok).
+
+    Raises:
+      entry.UserError: manifest.json is not a manifest.
+    """
+    return check(records_dir, read_manifest(records_dir))
+
+
+def read_manifest(records_dir):
+    """The folder's manifest, None if it has none; a UserError naming it if it is not one."""
+    path = os.path.join(records_dir, schema.MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as error:
+        raise entry.UserError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: "
+                              f"{error.msg})") from None
+    except UnicodeDecodeError:
+        raise entry.UserError(f"{path}: not JSON (not text)") from None
+    if not isinstance(manifest, dict) or not {"splits", "class_names"} <= manifest.keys():
+        raise entry.UserError(f"{path}: not a manifest of input.build (no splits or "
+                              f"class_names)")
+    return manifest
+
+
+def check(records_dir, manifest):
+    """The differences between the folder and `manifest` (None: it has no manifest)."""
+    if manifest is None:
+        return [f"{os.path.join(records_dir, schema.MANIFEST)}: missing (not a records folder, "
+                f"or its build did not finish)"]
     expected = {shard["file"]: shard for split in manifest["splits"].values()
                 for shard in split["shards"]}
     present = {os.path.basename(p) for p in glob.glob(os.path.join(records_dir, "*.tfrecord"))}
@@ -45,7 +84,7 @@ def verify(records_dir):
             continue
         differences += _check_shard(os.path.join(records_dir, name), shard,
                                     len(manifest["class_names"]))
-    return differences
+    return differences + _check_pixel_sums(records_dir, manifest)
 
 
 def _check_shard(path, shard, num_classes):
@@ -53,6 +92,9 @@ def _check_shard(path, shard, num_classes):
 
     name = os.path.basename(path)
     found = []
+    size = os.path.getsize(path)
+    if "bytes" in shard and size != shard["bytes"]:
+        found.append(f"{name}: {size} bytes, the manifest says {shard['bytes']}")
     if shards.file_sha256(path) != shard["sha256"]:
         found.append(f"{name}: checksum differs from the manifest")
     class_counts = [0] * num_classes
@@ -74,5 +116,29 @@ def _check_shard(path, shard, num_classes):
     return found
 
 
+def _check_pixel_sums(records_dir, manifest):
+    """pixel_sums.npz (the mean image's source) present, unchanged, and one readable
+    H x W x 3 sum per split."""
+    name = manifest.get("pixel_sums", schema.PIXEL_SUMS)
+    path = os.path.join(records_dir, name)
+    if not os.path.isfile(path):
+        return [f"{name}: missing"]
+    if "pixel_sums_sha256" in manifest and (shards.file_sha256(path) !=
+                                            manifest["pixel_sums_sha256"]):
+        return [f"{name}: checksum differs from the manifest"]
+    size = manifest.get("settings", {}).get("image_size")
+    try:
+        with np.load(path) as sums:
+            shapes = {split: sums[split].shape for split in sums.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # damaged
+        return [f"{name}: unreadable ({type(error).__name__}: {error})"]
+    found = [f"{name}: no sum of split {split}" for split in sorted(manifest["splits"])
+             if split not in shapes]
+    found += [f"{name}: the sum of {split} is {list(shape)}, not {[size, size, 3]}"
+              for split, shape in sorted(shapes.items())
+              if size is not None and shape != (size, size, 3)]
+    return found
+
+
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main, positional="RECORDS_DIR")

@@ -233,6 +233,7 @@ def test_duplicate_rows_are_kept_once(tmp_path):
     (set_field("user_id", ""), "empty user_id"),
     (set_field("age", "(32, 25)"), "malformed age string '(32, 25)': reversed range"),
     (set_field("gender", "x"), "unknown gender string 'x'"),
+    (set_field("age", "(1, 99)"), "unknown age string '(1, 99)'"),  # well-formed, not Adience's
 ])
 def test_a_bad_row_is_reported_with_file_and_line_and_skipped(tmp_path, edit, message):
     copy_folds(tmp_path, data_rows=4)
@@ -247,6 +248,16 @@ def test_a_bad_row_is_reported_with_file_and_line_and_skipped(tmp_path, edit, me
     with pytest.raises(ValueError) as error:
         adience.read_examples(tmp_path, check_images=False, strict=True)
     assert str(error.value) == report.problems[0]
+
+
+def test_an_unknown_age_string_is_a_problem_under_the_nearest_rule_too(tmp_path):
+    copy_folds(tmp_path, data_rows=4)
+    replace_line(tmp_path, fold=0, line_number=2, edit=set_field("age", "(1, 99)"))
+    examples, report = adience.read_examples(tmp_path, age_rule="nearest", check_images=False)
+    assert report.problems[0].startswith("fold_0_data.txt:2: unknown age string '(1, 99)'")
+    assert "fold_0_data.txt:2" not in {e.source for e in examples}  # not mapped to 48-53
+    with pytest.raises(ValueError, match=r"fold_0_data.txt:2: unknown age string"):
+        adience.read_examples(tmp_path, age_rule="nearest", check_images=False, strict=True)
 
 
 def test_a_missing_image_is_reported_with_file_and_line(tmp_path):
