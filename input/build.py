@@ -266,15 +266,15 @@ def _report_progress(progress, todo, done):
 def _manifest(settings, class_names, results, report, pixel_sums_sha256):
     manifest_splits = {}
     for result in sorted(results, key=lambda r: r["file"]):
-        entry = manifest_splits.setdefault(result["split"], {
+        summary = manifest_splits.setdefault(result["split"], {
             "examples": 0, "class_counts": [0] * len(class_names), "users": 0, "shards": []})
-        entry["examples"] += result["examples"]
-        entry["class_counts"] = [a + b for a, b in zip(entry["class_counts"],
+        summary["examples"] += result["examples"]
+        summary["class_counts"] = [a + b for a, b in zip(summary["class_counts"],
                                                        result["class_counts"])]
-        entry["shards"].append({k: result[k] for k in ("file", "examples", "class_counts",
+        summary["shards"].append({k: result[k] for k in ("file", "examples", "class_counts",
                                                        "sha256", "bytes")})
-    for split, entry in manifest_splits.items():
-        entry["users"] = len({u for r in results if r["split"] == split for u in r["users"]})
+    for split, summary in manifest_splits.items():
+        summary["users"] = len({u for r in results if r["split"] == split for u in r["users"]})
     bad_images = [p for r in sorted(results, key=lambda r: r["file"]) for p in r["bad_images"]]
     return {
         "version": MANIFEST_VERSION, "settings": settings, "class_names": list(class_names),
@@ -318,9 +318,9 @@ def _print_summary(manifest, results, report, seconds):
     written = [r for r in results if not r["skipped"]]
     print(f"{'split':8} {'shards':>6} {'examples':>8} {'users':>5} " +
           " ".join(f"{n:>6}" for n in names))
-    for split, entry in sorted(manifest["splits"].items()):
-        print(f"{split:8} {len(entry['shards']):6d} {entry['examples']:8d} {entry['users']:5d} " +
-              " ".join(f"{c:6d}" for c in entry["class_counts"]))
+    for split, summary in sorted(manifest["splits"].items()):
+        print(f"{split:8} {len(summary['shards']):6d} {summary['examples']:8d} "
+              f"{summary['users']:5d} " + " ".join(f"{c:6d}" for c in summary["class_counts"]))
     images = sum(r["examples"] for r in written)
     print(f"wrote {len(written)} shards ({images} images, {images / max(seconds, 1e-9):.0f}/s), "
           f"skipped {len(results) - len(written)} complete shards, in {seconds:.1f} s")

@@ -11,10 +11,12 @@ import dataclasses
 import functools
 import json
 import os
+import zipfile
 
 import numpy as np
 
 from input import schema
+from input import shards
 from launch import entry
 
 VERIFY = "python -m input.verify"
@@ -91,7 +93,7 @@ class Records:
         try:
             with np.load(path) as sums:
                 total = sum(sums[name] for name in split_names)
-        except (OSError, ValueError, KeyError) as error:  # a zip that is not one, a lost split
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise entry.UserError(f"{path}: unreadable ({error}); run {VERIFY} "
                                   f"{self.path}") from error
         return (total / self.examples(split_names)).astype(np.float32)
@@ -120,13 +122,14 @@ def load(path):
         raise entry.UserError(f"{manifest_path}: not JSON (not text); rebuild the "
                               f"records") from error
     records = Records(path, manifest)
-    _check_sizes(records)
+    _check_files(records)
     return records
 
 
-def _check_sizes(records):
-    """Every shard of the manifest present with its recorded size. Manifests written before
-    sizes were recorded (version 1) have none: their shards are checked for presence only."""
+def _check_files(records):
+    """Every shard of the manifest present with its recorded size, and the mean image's sums
+    with their checksum. Manifests written before these were recorded (version 1) have
+    neither: their shards are checked for presence only."""
     for shard in records.shards(records.split_names):
         path = os.path.join(records.path, shard["file"])
         if not os.path.isfile(path):
@@ -136,3 +139,8 @@ def _check_sizes(records):
         if "bytes" in shard and size != shard["bytes"]:
             raise entry.UserError(f"{path}: {size} bytes, the manifest says {shard['bytes']} "
                                   f"(truncated or changed); run {VERIFY} {records.path}")
+    sums = os.path.join(records.path, records.manifest["pixel_sums"])
+    expected = records.manifest.get("pixel_sums_sha256")
+    if expected and (not os.path.isfile(sums) or shards.file_sha256(sums) != expected):
+        raise entry.UserError(f"{sums}: missing or damaged (its checksum differs from the "
+                              f"manifest); run {VERIFY} {records.path}")

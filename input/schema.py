@@ -21,7 +21,6 @@ import tensorflow as tf
 
 FORMATS = ("jpeg", "raw")
 SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.tfrecord"
-SHARD_GLOB = "{split}-*-of-*.tfrecord"
 MANIFEST = "manifest.json"
 PIXEL_SUMS = "pixel_sums.npz"  # per split: the per-pixel sum of its images (float64 H x W x 3)
 

@@ -91,13 +91,13 @@ def test_records_match_the_manifest_and_the_fold_files(synthetic_tree, records):
     assert sorted(manifest["splits"]) == [f"fold{i}" for i in range(5)]
     assert sum(s["examples"] for s in manifest["splits"].values()) == len(examples)
     users_by_split = {}
-    for split, entry in manifest["splits"].items():
-        records_of_split = [r for s in entry["shards"] for r in _read_all(records / s["file"])]
-        assert len(records_of_split) == entry["examples"]
+    for split, summary in manifest["splits"].items():
+        records_of_split = [r for s in summary["shards"] for r in _read_all(records / s["file"])]
+        assert len(records_of_split) == summary["examples"]
         assert {_feature(r, "fold") for r in records_of_split} == {int(split[-1])}
         users_by_split[split] = {_feature(r, "subject/user_id") for r in records_of_split}
         labels = [_feature(r, "image/class/label") for r in records_of_split]
-        assert np.bincount(labels, minlength=8).tolist() == entry["class_counts"]
+        assert np.bincount(labels, minlength=8).tolist() == summary["class_counts"]
     for a in users_by_split:
         for b in users_by_split:
             assert a == b or not users_by_split[a] & users_by_split[b]
@@ -119,8 +119,8 @@ def test_split_protocol_keeps_users_and_photos_on_one_side(synthetic_tree, tmp_p
                            shards_per_split=1, workers=1, image_size=32)
     assert sorted(manifest["splits"]) == ["test", "train", "validation"]
     photos = {}
-    for split, entry in manifest["splits"].items():
-        for r in _read_all(tmp_path / entry["shards"][0]["file"]):
+    for split, summary in manifest["splits"].items():
+        for r in _read_all(tmp_path / summary["shards"][0]["file"]):
             user, name = _feature(r, "subject/user_id"), _feature(r, "image/filename")
             photos.setdefault(user, set()).add(split)
             photos.setdefault(name.split(b".", 2)[-1], set()).add(split)

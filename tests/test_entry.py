@@ -171,3 +171,13 @@ def test_a_killed_save_is_cleaned_up_by_the_next_run(tmp_path):
     _checkpoints(tmp_path)
     assert sorted(os.listdir(directory)) == ["checkpoint", "ckpt-1.data-00000-of-00001",
                                              "ckpt-1.index", "notes-ckpt-2_temp.txt"]
+
+
+def test_a_damaged_mean_image_is_refused_before_any_work(python, records, tmp_path):
+    folder = _copy(records, tmp_path)
+    sums = folder / "pixel_sums.npz"
+    sums.write_bytes(sums.read_bytes()[:1000])
+    result = run(trainer(python, f"--model_dir={tmp_path / 'job'}", f"--records={folder}",
+                         *TINY, "--steps=2"))
+    assert_error_line(result, str(sums), "python -m input.verify")
+    assert not (tmp_path / "job").exists()

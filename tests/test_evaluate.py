@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import TINY_CROP_SIZE, json_lines, run, train
+from conftest import TINY_CROP_SIZE, assert_error_line, json_lines, run, train
 
 TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
          "--learning_rate=0.05", "--steps=20", "--deterministic"]
@@ -57,5 +57,4 @@ def test_a_folder_without_a_job_is_a_clear_error(python, tmp_path):
 
 def test_an_unknown_split_is_a_clear_error(python, trained):
     result = evaluate(python, trained[0], "--split=test")
-    assert result.returncode == 2
-    assert "split(s) test not in the records" in result.stderr
+    assert_error_line(result, "split(s) test not in ", "it holds fold0, fold1")

@@ -43,8 +43,8 @@ HEAD = "fc8"
 
 # The L2 term's factor (recipes.l2_term: gradient WEIGHT_DECAY * w, PyTorch's weight_decay).
 # Under batch norm a convolution's kernel scale no longer changes the function, so decay stops
-# regularising it and only keeps its norm, hence its effective learning rate (lr / |w|^2), from drifting (van
-# Laarhoven 2017). BN networks use 1e-4 (ResNet) to 4e-5 (MobileNetV2, Inception) where
+# regularising it and only keeps its norm, hence its effective learning rate (lr / |w|^2),
+# from drifting (van Laarhoven 2017). BN networks use 1e-4 (ResNet) to 4e-5 (MobileNetV2, Inception) where
 # unnormalised ones used 5e-4; 5e-5 lies in that range, and the head is too small to need more.
 WEIGHT_DECAY = 5e-5
 
