@@ -108,22 +108,33 @@ class Records:
 def load(path):
     """The records folder at `path`, its manifest parsed and its shards' sizes checked; a
     clear UserError naming the file otherwise."""
-    manifest_path = os.path.join(path, schema.MANIFEST)
-    if not os.path.isfile(manifest_path):
-        raise entry.UserError(f"{manifest_path} not found: {path} is not a records folder "
-                              f"built by input.build (or its build did not finish)")
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as error:
-        raise entry.UserError(f"{manifest_path}: not JSON (line {error.lineno}, column "
-                              f"{error.colno}: {error.msg}); rebuild the records") from error
-    except UnicodeDecodeError as error:
-        raise entry.UserError(f"{manifest_path}: not JSON (not text); rebuild the "
-                              f"records") from error
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise entry.UserError(f"{os.path.join(path, schema.MANIFEST)} not found: {path} is not "
+                              f"a records folder built by input.build (or its build did not "
+                              f"finish)")
     records = Records(path, manifest)
     _check_files(records)
     return records
+
+
+def read_manifest(records_dir):
+    """The folder's manifest, None if it has none; a UserError naming it if it is not one."""
+    path = os.path.join(records_dir, schema.MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as error:
+        raise entry.UserError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: "
+                              f"{error.msg})") from None
+    except UnicodeDecodeError:
+        raise entry.UserError(f"{path}: not JSON (not text)") from None
+    if not isinstance(manifest, dict) or not {"splits", "class_names"} <= manifest.keys():
+        raise entry.UserError(f"{path}: not a manifest of input.build (no splits or "
+                              f"class_names)")
+    return manifest
 
 
 def _check_files(records):

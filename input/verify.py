@@ -11,13 +11,13 @@ manifest.json is not a manifest (not JSON, say).
 """
 
 import glob
-import json
 import os
 import zipfile
 import zlib
 
 import numpy as np
 
+from input import records
 from input import schema
 from input import shards
 from launch import entry
@@ -29,7 +29,7 @@ def main(argv):
     if not os.path.isdir(records_dir):
         raise entry.UserError(f"{records_dir}: no such folder")
     host.configure_threads()
-    manifest = read_manifest(records_dir)
+    manifest = records.read_manifest(records_dir)
     if manifest is not None and "pixel_sums_sha256" not in manifest:
         print(f"{os.path.join(records_dir, schema.MANIFEST)}: version {manifest.get('version')}, "
               f"written before shard sizes and the pixel sums' checksum were recorded: checked "
@@ -47,26 +47,7 @@ def verify(records_dir):
     Raises:
       entry.UserError: manifest.json is not a manifest.
     """
-    return check(records_dir, read_manifest(records_dir))
-
-
-def read_manifest(records_dir):
-    """The folder's manifest, None if it has none; a UserError naming it if it is not one."""
-    path = os.path.join(records_dir, schema.MANIFEST)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as error:
-        raise entry.UserError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: "
-                              f"{error.msg})") from None
-    except UnicodeDecodeError:
-        raise entry.UserError(f"{path}: not JSON (not text)") from None
-    if not isinstance(manifest, dict) or not {"splits", "class_names"} <= manifest.keys():
-        raise entry.UserError(f"{path}: not a manifest of input.build (no splits or "
-                              f"class_names)")
-    return manifest
+    return check(records_dir, records.read_manifest(records_dir))
 
 
 def check(records_dir, manifest):

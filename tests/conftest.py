@@ -201,5 +201,5 @@ def assert_error_line(result, *needles, exit_code=2):
     assert len(lines) == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert str(needle) in lines[0], lines[0]
     return lines[0]

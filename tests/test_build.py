@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_RECORD_SIZE, run
+from conftest import REPO, TINY_RECORD_SIZE, assert_error_line, run
 from input import adience
 from input import build
 from input import schema
@@ -27,17 +27,6 @@ from launch import entry
 
 # The flags of the session's `records` fixture: a re-run with them finds a build of its settings.
 FIXTURE_FLAGS = ["--shards=2", f"--image_size={TINY_RECORD_SIZE}", "--workers=1"]
-
-
-def _error_line(result, *needles, exit_code):
-    """`exit_code`, exactly one stderr line starting with "error:" (TensorFlow's start-up lines
-    may precede it) holding every needle, and no traceback."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == exit_code, result.stderr[-3000:]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    for needle in needles:
-        assert str(needle) in lines[0], lines[0]
-    return lines[0]
 
 
 def _build(tree, out_dir, *flags):
@@ -152,7 +141,7 @@ def test_bad_images_are_counted_and_skipped_and_fatal_with_strict(synthetic_tree
 
     shutil.copy(synthetic_tree / os.path.relpath(missing.path, tree), missing.path)
     strict = tmp_path / "strict"  # the rows are good now: the first bad image is fatal
-    error = _error_line(_build(tree, strict, "--strict", "--workers=1", "--image_size=32"),
+    error = assert_error_line(_build(tree, strict, "--strict", "--workers=1", "--image_size=32"),
                         "unreadable or corrupt image", exit_code=2)
     assert truncated.source in error or not_an_image.source in error
     assert not _leftovers(strict)
@@ -160,14 +149,14 @@ def test_bad_images_are_counted_and_skipped_and_fatal_with_strict(synthetic_tree
 
 def test_user_mistakes_are_one_error_line_and_exit_2(synthetic_tree, records, tmp_path):
     before = sorted(p.name for p in records.iterdir())
-    _error_line(_build(synthetic_tree, records, "--shards=2", "--image_size=128"),
+    assert_error_line(_build(synthetic_tree, records, "--shards=2", "--image_size=128"),
                 str(records), "other settings", "image_size", exit_code=2)
     assert sorted(p.name for p in records.iterdir()) == before
-    _error_line(_build(tmp_path / "nowhere", tmp_path / "out"), "--adience_dir", "nowhere",
+    assert_error_line(_build(tmp_path / "nowhere", tmp_path / "out"), "--adience_dir", "nowhere",
                 exit_code=2)
-    _error_line(_build(synthetic_tree, tmp_path / "out", "--workers=0"), "--workers",
+    assert_error_line(_build(synthetic_tree, tmp_path / "out", "--workers=0"), "--workers",
                 exit_code=2)
-    _error_line(run([sys.executable, "-m", "input.build", f"--out_dir={tmp_path}"]),
+    assert_error_line(run([sys.executable, "-m", "input.build", f"--out_dir={tmp_path}"]),
                 "--adience_dir", exit_code=2)
 
 
@@ -191,7 +180,7 @@ def test_strict_refuses_an_unknown_age_string_naming_its_line(synthetic_tree, tm
     fields[adience.COLUMNS.index("age")] = "(1, 99)"  # well-formed, but no Adience age string
     lines[3] = "\t".join(fields)
     (tree / "fold_2_data.txt").write_text("\n".join(lines))
-    _error_line(_build(tree, tmp_path / "strict", "--strict"),
+    assert_error_line(_build(tree, tmp_path / "strict", "--strict"),
                 "fold_2_data.txt:4: unknown age string '(1, 99)'", exit_code=2)
     assert not (tmp_path / "strict").exists()  # refused before any work
 
@@ -248,7 +237,7 @@ def test_an_out_dir_holding_others_files_is_refused_and_left_alone(synthetic_tre
     out.mkdir()
     for name in ("holiday.jpg", "notes.txt", "fold0-00000-of-00002.tfrecord.partial-3"):
         (out / name).write_text("mine")
-    _error_line(_build(synthetic_tree, out, *FIXTURE_FLAGS), str(out), "holiday.jpg",
+    assert_error_line(_build(synthetic_tree, out, *FIXTURE_FLAGS), str(out), "holiday.jpg",
                 "notes.txt", exit_code=2)
     assert sorted(p.name for p in out.iterdir()) == [
         "fold0-00000-of-00002.tfrecord.partial-3", "holiday.jpg", "notes.txt"]
@@ -257,18 +246,18 @@ def test_an_out_dir_holding_others_files_is_refused_and_left_alone(synthetic_tre
 def test_an_out_dir_that_is_a_file_or_under_one_is_refused(synthetic_tree, tmp_path):
     a_file = tmp_path / "records"
     a_file.write_text("not a folder")
-    _error_line(_build(synthetic_tree, a_file, *FIXTURE_FLAGS), f"{a_file}: not a directory",
+    assert_error_line(_build(synthetic_tree, a_file, *FIXTURE_FLAGS), f"{a_file}: not a directory",
                 exit_code=2)
-    _error_line(_build(synthetic_tree, a_file / "sub", *FIXTURE_FLAGS), "not a directory",
+    assert_error_line(_build(synthetic_tree, a_file / "sub", *FIXTURE_FLAGS), "not a directory",
                 str(a_file), exit_code=2)
     assert a_file.read_text() == "not a folder"
 
 
 def test_a_read_only_out_dir_is_refused_before_any_work(synthetic_tree, tmp_path):
     with _mounted(tmp_path / "ro", "ro,size=1m") as folder:
-        _error_line(_build(synthetic_tree, folder, *FIXTURE_FLAGS),
+        assert_error_line(_build(synthetic_tree, folder, *FIXTURE_FLAGS),
                     f"{folder}: read-only file system", exit_code=2)
-        _error_line(_build(synthetic_tree, folder / "records", *FIXTURE_FLAGS),
+        assert_error_line(_build(synthetic_tree, folder / "records", *FIXTURE_FLAGS),
                     "read-only file system", exit_code=2)
 
 
@@ -278,7 +267,7 @@ def test_a_disk_that_fills_during_the_build_is_one_line_and_leaves_nothing_half_
     with _mounted(tmp_path / "small", "size=200k") as folder:
         out = folder / "records"
         result = _build(synthetic_tree, out, "--shards=2", "--image_size=64", "--workers=2")
-        _error_line(result, str(out), "no space left on device", exit_code=1)
+        assert_error_line(result, str(out), "no space left on device", exit_code=1)
         assert not _leftovers(out), _leftovers(out)
         assert not (out / schema.MANIFEST).exists()
 
@@ -333,8 +322,8 @@ def test_input_benchmark_names_its_batch_per_pipeline_and_points_from_the_old_fl
     old = run([sys.executable, "-m", "input.benchmark", f"--adience_dir={missing}",
                "--batch_size=8"])
     assert "--batch_size is now --pipeline_batch_size" in old.stderr
-    _error_line(old, "--adience_dir", exit_code=2)  # it read the old flag, then the folder
-    _error_line(run([sys.executable, "-m", "input.benchmark", f"--adience_dir={missing}",
+    assert_error_line(old, "--adience_dir", exit_code=2)  # it read the old flag, then the folder
+    assert_error_line(run([sys.executable, "-m", "input.benchmark", f"--adience_dir={missing}",
                      "--batch_size=8", "--pipeline_batch_size=8"]), "--pipeline_batch_size",
                 exit_code=2)
     helped = run([sys.executable, "-m", "input.benchmark", "--help"])

@@ -8,23 +8,12 @@ import sys
 
 import pytest
 
-from conftest import run
+from conftest import assert_error_line, run
 from input import schema
 
 
 def _verify(records_dir):
     return run([sys.executable, "-m", "input.verify", records_dir])
-
-
-def _error_line(result, *needles, exit_code):
-    """`exit_code`, exactly one stderr line starting with "error:" (TensorFlow's start-up lines
-    may precede it) holding every needle, and no traceback."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == exit_code, result.stderr[-3000:]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    for needle in needles:
-        assert str(needle) in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -100,11 +89,11 @@ def test_a_manifest_written_before_sizes_and_checksum_is_still_verified_and_says
 def test_a_manifest_that_is_not_json_is_one_error_line(copy):
     manifest = copy / schema.MANIFEST
     manifest.write_text('{\n "version": 2,\n "splits": {,\n}')
-    _error_line(_verify(copy), str(manifest), "not JSON", "line 3", exit_code=2)
+    assert_error_line(_verify(copy), str(manifest), "not JSON", "line 3", exit_code=2)
 
 
 def test_a_wrong_argument_is_one_error_line(tmp_path):
-    _error_line(run([sys.executable, "-m", "input.verify"]), "RECORDS_DIR", exit_code=2)
-    _error_line(_verify(tmp_path / "nowhere"), "nowhere", exit_code=2)
+    assert_error_line(run([sys.executable, "-m", "input.verify"]), "RECORDS_DIR", exit_code=2)
+    assert_error_line(_verify(tmp_path / "nowhere"), "nowhere", exit_code=2)
     missing = _verify(tmp_path)  # a folder, but no build finished in it
     assert missing.returncode == 1 and f"{schema.MANIFEST}: missing" in missing.stdout
