@@ -48,8 +48,13 @@ def test_input_knows_nothing_of_the_trainer():
         assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
 
 
+# The folder beside the checkout that only the project's developers have, spelled in two
+# parts so that this test does not name it itself.
+OUTSIDE = "../" + "shared"
+
+
 def test_nothing_reads_or_points_outside_the_repository():
     for folder in ("input", "trainer", "launch", "tests"):
         for path in (REPO / folder).rglob("*"):
-            if path.suffix in (".py", ".sh") and path.name != "test_layout.py":
-                assert "../shared" not in path.read_text(), path
+            if path.suffix in (".py", ".sh"):
+                assert OUTSIDE not in path.read_text(), path
