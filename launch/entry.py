@@ -16,6 +16,7 @@ as trainer/'s, and input/ does not depend on trainer/.
 
 import errno
 import os
+import re
 import sys
 import tempfile
 
@@ -86,7 +87,11 @@ def _parse(argv, positional):
 
 
 def _exit_usage(message):
-    say_error(str(message).strip().splitlines()[0] if str(message).strip() else message)
+    line = str(message).strip().splitlines()[0] if str(message).strip() else str(message)
+    # absl prefixes a validator's message with the flag's Python value ("flag --folds=['0',
+    # '5']: "); our validators name the flag themselves, so the prefix only repeats it.
+    line = re.sub(r"^flag --(\w+)=.*?: (?=--\1\b)", "", line)
+    say_error(line)
     sys.exit(USAGE_EXIT_CODE)
 
 

@@ -34,9 +34,18 @@ cli.define_job_flags()
 cli.define_training_flags()
 flags.DEFINE_list("folds", [str(fold) for fold in range(adience.FOLDS)],
                   "The held-out folds to run.")
-flags.register_validator("folds", lambda folds: folds and all(
-    fold.isdigit() and int(fold) < adience.FOLDS for fold in folds),
-    f"--folds: fold numbers 0..{adience.FOLDS - 1}, separated by commas")
+
+
+def _check_folds(folds):
+    for fold in folds or ["(none)"]:
+        if not (fold.isdigit() and int(fold) < adience.FOLDS):
+            raise flags.ValidationError(
+                f"--folds={','.join(folds)}: held-out fold {fold} does not exist (Adience's "
+                f"folds are 0..{adience.FOLDS - 1}, separated by commas)")
+    return True
+
+
+flags.register_validator("folds", _check_folds)
 flags.DEFINE_integer("time_steps", 0, "Before the first fold, time this many of its training "
                      "steps (the first 2 untimed) and print the expected time of the folds on "
                      "this machine; 0: no estimate.", lower_bound=0)
