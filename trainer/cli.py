@@ -101,6 +101,10 @@ def define_training_flags():
                       "function of the seed: a resumed job ends with the same weights.")
     flags.DEFINE_integer("seed", 0, "Seed of the initial weights, data order and crops.")
     flags.DEFINE_bool("cache", False, "Keep the decoded training records in memory.")
+    flags.DEFINE_enum("batch_norm", "sync", strategy.BATCH_NORMS, "sync: batch norm over the "
+                      "global batch (moments all-reduced across replicas). local: over each "
+                      "replica's slice, moving statistics averaged before evaluations and "
+                      "checkpoints.")
     flags.DEFINE_string("backbone_weights", None, "Local ImageNet weights file of the "
                         "keras.applications backbone (mobilenet_v2); never downloaded.")
 
@@ -137,6 +141,7 @@ def train_config(input_threads=None, **overrides):
         eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
         checkpoint_every=FLAGS.checkpoint_every, precision=FLAGS.precision, xla=FLAGS.xla,
         deterministic=FLAGS.deterministic, seed=FLAGS.seed, cache=FLAGS.cache,
-        backbone_weights=FLAGS.backbone_weights, input_threads=input_threads)
+        backbone_weights=FLAGS.backbone_weights, input_threads=input_threads,
+        batch_norm=FLAGS.batch_norm)
     values.update(overrides)
     return loop.TrainConfig(**values)

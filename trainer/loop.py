@@ -70,6 +70,7 @@ class TrainConfig:
     cache: bool = False
     backbone_weights: str | None = None
     input_threads: int | None = None
+    batch_norm: str = "sync"  # one of strategy.BATCH_NORMS
 
 
 def is_time(step, every, total):

@@ -31,6 +31,10 @@ import keras
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "horovod")
+# How batch norm normalises under several replicas: over the global batch (its moments
+# all-reduced), or over each replica's own slice (faster; the moving statistics are averaged
+# across replicas before every evaluation and checkpoint). One replica: the same either way.
+BATCH_NORMS = ("sync", "local")
 
 
 def pick_strategy(environ=None):
