@@ -32,7 +32,10 @@ def trainer(python, *flags, module="trainer.main"):
     ("trainer.main", ["--model_dir=MODEL_DIR", *SYNTHETIC, "--batch_size=0"], "--batch_size"),
     ("trainer.main", ["--model_dir=MODEL_DIR", *SYNTHETIC, "--batch_size=-1"], "--batch_size"),
     ("trainer.main", ["--model_dir=MODEL_DIR", *SYNTHETIC, "--strategy=mirrored",
-                      "--logical_cpus=3"], "global batch 16 does not split over 3 replicas"),
+                      "--logical_cpus=3"], "--batch_size=16: a global batch over 3 replicas must "
+     "be a multiple of 3"),
+    ("trainer.main", ["--model_dir=MODEL_DIR", *SYNTHETIC, "--strategy=mirrored",
+                      "--logical_cpus=32"], "under 1 example per replica"),
     ("trainer.main", ["--model_dir=MODEL_DIR", *SYNTHETIC, "--model=alexnet"], "--model"),
     ("trainer.main", ["--model_dir=MODEL_DIR", *SYNTHETIC, "--no_such_flag=1"],
      "no_such_flag"),

@@ -18,21 +18,34 @@ def rate(schedule, step):
 def test_the_paper_recipe_is_levi_and_hassners_solver():
     paper = recipes.resolve("paper")
     assert recipes.total_steps(paper, 0, 0, train_examples=10_000, global_batch_size=50) == 50_000
-    schedule = recipes.schedule(paper, 50, total=50_000)
+    assert recipes.warmup_steps(paper, 50, 50_000, steps_per_epoch=200) == 0  # as published
+    schedule = recipes.schedule(paper, 50, total=50_000, warmup=0)
     assert isclose(rate(schedule, 0), 1e-3)
     assert isclose(rate(schedule, 9_999), 1e-3)
     assert isclose(rate(schedule, 10_000), 1e-4)
     assert isclose(rate(schedule, 20_000), 1e-5, rel_tol=1e-5)
-    optimizer = recipes.optimizer(paper, 50, 50_000, "fp32")
+    optimizer = recipes.optimizer(paper, 50, 50_000, 0, "fp32")
     assert optimizer.momentum == 0.9 and not optimizer.nesterov
 
 
-def test_a_larger_batch_scales_the_rate_and_shrinks_the_steps_alike():
-    paper = recipes.resolve("paper", global_batch_size=400)
+def test_a_larger_batch_scales_the_rate_after_a_warm_up_and_shrinks_the_steps_alike():
+    paper = recipes.resolve("paper")
     assert recipes.total_steps(paper, 0, 0, 10_000, 400) == 6_250  # the same 2.5M examples
-    schedule = recipes.schedule(paper, 400, total=6_250)
+    warmup = recipes.warmup_steps(paper, 400, 6_250, steps_per_epoch=25)
+    assert warmup == 125  # Goyal et al.'s 5 epochs
+    schedule = recipes.schedule(paper, 400, total=6_250, warmup=warmup)
+    assert isclose(rate(schedule, 0), 1e-3)  # the reference batch's rate, climbing linearly...
+    assert isclose(rate(schedule, 62.5), 4.5e-3)
+    assert isclose(rate(schedule, 125), 8e-3)  # ...to the scaled one
     assert isclose(rate(schedule, 1_249), 8e-3)
     assert isclose(rate(schedule, 1_250), 8e-4)
+
+
+def test_a_short_job_warms_up_over_at_most_a_fifth_of_its_steps():
+    modern = recipes.resolve("modern")  # its own warm-up: 5% of the steps
+    assert recipes.warmup_steps(modern, 2_048, 210, steps_per_epoch=7) == 35  # 5 epochs
+    assert recipes.warmup_steps(modern, 2_048, 100, steps_per_epoch=7) == 20  # a fifth
+    assert recipes.warmup_steps(modern, 256, 1_000, steps_per_epoch=7) == 50  # not scaled up
 
 
 def test_steps_or_epochs_given_override_the_recipes_length():
@@ -43,7 +56,7 @@ def test_steps_or_epochs_given_override_the_recipes_length():
 
 def test_the_modern_recipe_warms_up_then_decays_to_zero():
     modern = recipes.resolve("modern")
-    schedule = recipes.schedule(modern, 256, total=1_000)  # peak 0.1 at 256; 50 warm-up steps
+    schedule = recipes.schedule(modern, 256, total=1_000, warmup=50)  # peak 0.1 at 256
     assert rate(schedule, 0) == 0.0
     assert isclose(rate(schedule, 50), 0.1)
     assert rate(schedule, 25) < rate(schedule, 50) > rate(schedule, 500) > rate(schedule, 999)
@@ -56,5 +69,5 @@ def test_overrides_and_unknown_names():
         recipes.resolve("fast")
     with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         recipes.resolve("paper", schedule="linear")
-    optimizer = recipes.optimizer(recipes.resolve("modern"), 64, 100, "mixed_float16")
+    optimizer = recipes.optimizer(recipes.resolve("modern"), 64, 100, 5, "mixed_float16")
     assert optimizer.__class__.__name__ == "LossScaleOptimizer"

@@ -6,6 +6,7 @@ Every test starts the entry point as a subprocess (one device, mirrored over 2 l
 
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -112,6 +113,32 @@ def test_a_doubled_reduction_would_be_caught(python, tmp_path, one_device_runs):
     assert largest_difference(checkpoint_values(tmp_path), reference) > 100 * AGREEMENT
 
 
+@pytest.mark.parametrize("recipe, per_replica, reference_rate", [("paper", 50, 1e-3 / 50),
+                                                                  ("modern", 64, 0.1 / 256)])
+@pytest.mark.parametrize("replicas", ["mirrored:8", "horovod:4"])
+def test_a_recipes_default_batch_is_per_replica_at_any_replica_count(
+        python, horovodrun, tmp_path, recipe, per_replica, reference_rate, replicas):
+    """The paper's 50 did not split over 4 replicas, and the modern 64 gave 2 images per GPU
+    at 32: a recipe's batch is per replica, the global batch and the rate grow with them."""
+    flags = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--data=synthetic", "--steps=3",
+             f"--recipe={recipe}"]
+    strategy, count = replicas.split(":")
+    if strategy == "mirrored":
+        result = run(trainer(python, tmp_path, "--strategy=mirrored", f"--logical_cpus={count}",
+                             *flags))
+    else:
+        result = run([horovodrun, "--gloo", "-np", count, "-H", f"localhost:{count}",
+                      *trainer(python, tmp_path, *flags)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    global_batch = per_replica * int(count)
+    assert f"global batch {global_batch} ({per_replica} per replica)" in result.stdout
+    run_info = json.loads((tmp_path / "run.json").read_text())
+    assert (run_info["replicas"], run_info["per_replica_batch_size"],
+            run_info["global_batch_size"]) == (int(count), per_replica, global_batch)
+    assert run_info["learning_rate"] == pytest.approx(reference_rate * global_batch)
+    assert checkpoint_step(tmp_path) == 3
+
+
 def test_horovod_resume_broadcasts_rank_0s_state(python, horovodrun, tmp_path):
     """Only rank 0 restores; after the broadcast both ranks go on from its step with its
     weights and optimizer state: 4 steps then 4 more equal 8 steps on one device."""
@@ -129,6 +156,23 @@ def test_horovod_resume_broadcasts_rank_0s_state(python, horovodrun, tmp_path):
     assert largest_difference(checkpoint_values(tmp_path / "hvd"),
                               checkpoint_values(tmp_path / "one")) <= AGREEMENT
     assert list((tmp_path / "hvd/tensorboard/train").glob("events.out.tfevents.*"))
+
+
+def test_multi_workers_that_restore_different_steps_stop_naming_the_folder(
+        python, tmp_path, one_device_runs):
+    """A worker that cannot see the chief's checkpoints would start at step 0 beside a resumed
+    chief, and the job would hang at its end: both stop at the start instead."""
+    shutil.copytree(one_device_runs["plain"], tmp_path / "shared")  # checkpoints at step 6
+    (tmp_path / "elsewhere").mkdir()
+    jobs = [Watched(trainer(python, tmp_path / folder, *SAME_BATCHES, *VARIANTS["plain"],
+                            "--steps=8"), env=env)
+            for folder, env in zip(("shared", "elsewhere"), multi_worker_environments(2))]
+    for job in jobs:
+        assert job.finish() == 2, "".join(job.stderr)[-3000:]
+        errors = [line for line in job.stderr if line.startswith("error:")]
+        assert len(errors) == 1 and "the processes restored different steps (process 0: " \
+            "step 6, process 1: step 0)" in errors[0], "".join(job.stderr)[-3000:]
+    assert checkpoint_step(tmp_path / "shared") == 6  # nothing trained, nothing saved
 
 
 RESUME = TINY + ["--steps=300", "--checkpoint_every=20", "--log_every=1", "--eval_every=150",

@@ -37,8 +37,9 @@ _SHARED_FLAGS = {
         "logical_cpus", 0, "With no GPU, split the CPU into this many devices (mirrored on one "
         "machine, for tests and debugging).", lower_bound=0),
     "batch_size": lambda: flags.DEFINE_integer(
-        "batch_size", None, "Global batch size, over all replicas (default: the recipe's for "
-        "training, 50 for evaluation).", lower_bound=1),
+        "batch_size", None, "Global batch size, over all replicas. Default for training: the "
+        "recipe's per-replica batch (paper 50, modern 64) times the replicas, the learning rate "
+        "scaled with it; for evaluation: 50 per replica.", lower_bound=1),
     "eval_crops": lambda: flags.DEFINE_enum(
         "eval_crops", "1", ["1", "10"], "The center crop, or the average of the paper's 10 "
         "crops (corners, center and their mirrors)."),
@@ -74,7 +75,9 @@ def define_training_flags():
                       "--decay_every steps) or cosine (with warm-up).")
     flags.DEFINE_integer("decay_every", None, "Steps between the step schedule's decays.",
                          lower_bound=1)
-    flags.DEFINE_float("warmup_fraction", None, "Share of the steps spent warming up (cosine).",
+    flags.DEFINE_float("warmup_fraction", None, "Share of the steps spent warming up (at least "
+                       "5 epochs, at most a fifth of the steps, when the global batch exceeds "
+                       "the recipe's reference).",
                        lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("weight_decay", None, "L2 term factor (Caffe's weight_decay: gradient "
                        "weight_decay * w); 0 turns it off. Default: the model's.", lower_bound=0.0)
@@ -130,7 +133,7 @@ def train_config(input_threads=None, **overrides):
     if FLAGS.backbone_weights and not os.path.isfile(FLAGS.backbone_weights):
         raise entry.UserError(f"--backbone_weights={FLAGS.backbone_weights}: no such file")
     recipe = recipes.resolve(
-        FLAGS.recipe, global_batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        FLAGS.recipe, learning_rate=FLAGS.learning_rate,
         schedule=FLAGS.schedule, decay_every=FLAGS.decay_every,
         warmup_fraction=FLAGS.warmup_fraction, weight_decay=FLAGS.weight_decay,
         label_smoothing=FLAGS.label_smoothing, dropout=FLAGS.dropout)
@@ -142,6 +145,6 @@ def train_config(input_threads=None, **overrides):
         checkpoint_every=FLAGS.checkpoint_every, precision=FLAGS.precision, xla=FLAGS.xla,
         deterministic=FLAGS.deterministic, seed=FLAGS.seed, cache=FLAGS.cache,
         backbone_weights=FLAGS.backbone_weights, input_threads=input_threads,
-        batch_norm=FLAGS.batch_norm)
+        batch_norm=FLAGS.batch_norm, global_batch_size=FLAGS.batch_size)
     values.update(overrides)
     return loop.TrainConfig(**values)

@@ -93,9 +93,11 @@ def _fold_result(backend, config, threads):
     info = evaluation.held_out(run_info, config.records)
     path = tf.train.latest_checkpoint(checkpoint_lib.checkpoint_dir(config.model_dir))
     result = {"fold": config.held_out_fold, "examples": info.eval_examples, "checkpoint": path}
+    # The fold's per-replica batch: it fit in memory with gradients.
+    batch = run_info["per_replica_batch_size"] * backend.num_replicas
     for crops in CROPS:
-        summary = evaluation.evaluate_checkpoint(backend, run_info, info, path,
-                                                 config.recipe.global_batch_size, crops, threads)
+        summary = evaluation.evaluate_checkpoint(backend, run_info, info, path, batch, crops,
+                                                 threads)
         result[crops] = {key: summary[key] for key in ("accuracy", "accuracy_1off")}
     return result
 

@@ -17,6 +17,7 @@ from launch import entry
 from trainer import checkpoint as checkpoint_lib
 from trainer import cli
 from trainer import evaluation
+from trainer import loop
 from trainer import metrics
 from trainer import strategy
 
@@ -26,7 +27,7 @@ flags.DEFINE_string("split", None, "The records' split to evaluate (default: the
                     "held-out split, e.g. fold0; 'test' for the 60/20/20 protocol).")
 flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
-EVAL_BATCH_SIZE = 50  # the paper's batch; evaluation holds no gradients
+EVAL_BATCH_SIZE = 50  # per replica: the paper's batch; evaluation holds no gradients
 
 
 def main(argv):
@@ -39,8 +40,8 @@ def main(argv):
     if not path:
         raise entry.UserError(f"--model_dir={FLAGS.model_dir}: no checkpoint in it")
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
-    summary = evaluation.evaluate_checkpoint(backend, run, info, path,
-                                             FLAGS.batch_size or EVAL_BATCH_SIZE,
+    batch = loop.global_batch_size(FLAGS.batch_size, EVAL_BATCH_SIZE, backend.num_replicas)
+    summary = evaluation.evaluate_checkpoint(backend, run, info, path, batch,
                                              int(FLAGS.eval_crops), threads["intra_op"])
     if backend.is_chief:
         print(metrics.format_confusion(summary["confusion"], info.class_names))

@@ -147,8 +147,10 @@ def train_and_evaluate(race, threads=None):
 
     distribution = processes.Distribution.parse(race.distribution)
     backend = strategy.create(distribution.strategy, logical_cpus=distribution.logical_cpus)
+    recipe = recipes.resolve(race.recipe)
     config = loop.TrainConfig(
-        model_dir="", records=race.records, recipe=recipes.resolve(race.recipe),
+        # The recipe's batch as one job, whatever the race's replicas: races compare recipes.
+        model_dir="", records=race.records, recipe=recipe, global_batch_size=recipe.batch_size,
         model=race.model, held_out_fold=race.held_out_fold, epochs=race.epochs,
         crop_size=race.crop_size, precision=race.precision, seed=race.seed, cache=race.cache,
         input_threads=threads)
