@@ -1,6 +1,6 @@
-"""trainer.benchmark and trainer.time_to_accuracy (trainer/bench): a small matrix measured for
-real (tiny model, one process and two Horovod processes, synthetic and records), its table, JSON
-lines and ratios; a time-to-accuracy race; their flags."""
+"""trainer.benchmark, trainer.time_to_accuracy and trainer.batch_scaling (trainer/bench): a small
+matrix measured for real (tiny model, one process and two Horovod processes, synthetic and
+records), its table, JSON lines and ratios; a time-to-accuracy race; a batch sweep; their flags."""
 
 import errno
 import json
@@ -105,6 +105,38 @@ def test_time_to_accuracy_races_two_contenders_to_the_baselines_best(python, rec
         assert improved["stopped"] in ("budget", "schedule")
     assert "tiny           paper" in result.stdout and "tiny           modern" in result.stdout
     assert (tmp_path / "time_to_accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_batch_scaling_trains_each_global_batch_and_compares_it_with_the_smallest(
+        python, records, tmp_path):
+    refused = run([python, "-m", "trainer.batch_scaling", f"--records={records}",
+                   "--batch_sizes=8,9", "--distribution=mirrored:2", f"--out_dir={tmp_path}"])
+    assert_usage_error(refused, "--batch_sizes: 9 does not split over the 2 replicas")
+    assert not any(tmp_path.iterdir())  # refused before any work
+    result = run([python, "-m", "trainer.batch_scaling", f"--records={records}",
+                  f"--crop_size={TINY_CROP_SIZE}", "--model=tiny", "--recipe=modern",
+                  "--batch_sizes=16,8", "--epochs=0.2", "--distribution=mirrored:2", "--seed=3",
+                  f"--out_dir={tmp_path}"], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    small, large = [json.loads(line) for line in
+                    (tmp_path / "batch_scaling.jsonl").read_text().splitlines()]
+    assert [small["global_batch_size"], large["global_batch_size"]] == [8, 16]  # smallest first
+    assert [small["per_replica_batch_size"], large["per_replica_batch_size"]] == [4, 8]
+    for sized in (small, large):  # the same job, only the batch differs
+        assert (sized["seed"], sized["epochs"], sized["model"]) == (3, 0.2, "tiny")
+        assert sized["steps_per_epoch"] == -(-sized["train_examples"] // sized["global_batch_size"])
+        assert sized["learning_rate"] == pytest.approx(0.1 * sized["global_batch_size"] / 256)
+        assert 0 <= sized["accuracy"] <= sized["accuracy_1off"] <= 1 and sized["train_seconds"] > 0
+    assert small["model_dir"] != large["model_dir"]  # a fresh folder each
+    assert large["accuracy_minus_smallest"] == pytest.approx(large["accuracy"] - small["accuracy"])
+    assert small["accuracy_minus_smallest"] == 0
+    # 185 training faces: 24 steps per epoch at 8, 12 at 16, where trainer.main warns.
+    assert small["warning"] is None and "steps per epoch" in large["warning"]
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:4]}
+    assert rows["8"].split()[:3] == ["8", "4", "24"]
+    assert rows["16"].split()[:3] == ["16", "8", "12*"]
+    assert "+0.0 pt 1.00x" in rows["8"]
+    assert (tmp_path / "batch_scaling.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_time_to_target_is_the_first_evaluation_at_or_above_it():

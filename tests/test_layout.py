@@ -6,7 +6,7 @@ import ast
 from conftest import REPO
 
 ENTRY_POINTS = {"main", "evaluate", "cross_validate", "distcheck", "export", "predict",
-                "benchmark", "time_to_accuracy"}
+                "benchmark", "time_to_accuracy", "batch_scaling"}
 NOT_CORE = ("trainer.bench", "trainer.serving")
 
 

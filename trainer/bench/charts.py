@@ -1,4 +1,5 @@
-"""The benchmarks' PNG charts: throughput per cell, and accuracy against training seconds."""
+"""The benchmarks' PNG charts: throughput per cell, accuracy against training seconds, and
+accuracy against global batch."""
 
 import matplotlib
 
@@ -47,6 +48,36 @@ def time_to_accuracy(races, target, path):
     axes.set_title("Time to accuracy")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def batch_scaling(results, path):
+    """Held-out exact and 1-off accuracy against global batch (log2 axis), each point marked
+    with its steps per epoch; the smallest batch's exact accuracy as a dashed line. Returns
+    `path`."""
+    first = results[0]
+    batches = [result["global_batch_size"] for result in results]
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for key, label in (("accuracy", "exact"), ("accuracy_1off", "1-off")):
+        axes.plot(batches, [100 * result[key] for result in results], "o-",
+                  label=f"held-out {label}")
+    for result in results:
+        axes.annotate(f"{result['steps_per_epoch']} steps/epoch",
+                      (result["global_batch_size"], 100 * result["accuracy"]),
+                      textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
+    axes.axhline(100 * first["accuracy"], color="gray", linestyle="--",
+                 label=f"exact at batch {first['global_batch_size']}")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(batches, [str(batch) for batch in batches])
+    axes.set_xlabel(f"global batch ({first['replicas']} replicas; learning rate scaled "
+                    f"linearly, with warm-up)")
+    axes.set_ylabel("held-out accuracy (%), center crop")
+    axes.set_ylim(0, 100)  # the whole scale: a fall of a few points looks like one
+    epochs = f"{first['epochs']:g} epoch(s)" if first["epochs"] else "the recipe's epochs"
+    axes.set_title(f"Accuracy against global batch: {first['model']}, {first['recipe']} "
+                   f"recipe, {epochs}, seed {first['seed']}")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left")
     return _save(figure, path)
 
 
