@@ -1,6 +1,7 @@
 """The better networks (levi_hassner_bn, resnet, mobilenet_v2): interface, training, solver,
 cost and mobilenet_v2's local weights."""
 
+import functools
 import re
 
 import h5py
@@ -16,6 +17,7 @@ from input import batch as batch_lib
 from trainer import models
 from trainer.models import mobilenet_v2
 from trainer.models import nesting
+from trainer.models import replicas
 
 BETTER = ("levi_hassner_bn", "resnet", "mobilenet_v2")
 CLASSES = 8
@@ -141,3 +143,36 @@ def test_mobilenet_v2_missing_weights_file(tmp_path):
     path = str(tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
     with pytest.raises(FileNotFoundError, match=re.escape(path)):
         models.build("mobilenet_v2", CLASSES, None, crop_size=CROP, weights=path)
+
+
+SYNCHRONIZED = replicas.ReplicaLayers(
+    batch_norm=functools.partial(keras.layers.BatchNormalization, synchronized=True))
+
+
+@pytest.mark.parametrize("name", BETTER)
+def test_every_batch_norm_layer_is_the_distributions(name):
+    model = models.build(name, CLASSES, None, crop_size=CROP, replica_layers=SYNCHRONIZED)
+    batch_norms = [layer for layer in nesting.all_layers(model)
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and all(layer.synchronized for layer in batch_norms)
+    assert len(models.moving_statistics(model)) == 2 * len(batch_norms)
+
+
+# Keras' own weight writers call np.array on variables, which numpy 2 flags; not our code.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_mobilenet_v2_rebuilt_with_other_batch_norm_keeps_its_weights(tmp_path):
+    keras.utils.set_random_seed(5)
+    backbone = keras.applications.MobileNetV2(input_shape=(RECORD, RECORD, 3),
+                                              alpha=mobilenet_v2.ALPHA, include_top=False,
+                                              weights=None, pooling="avg")
+    for variable in backbone.non_trainable_variables:  # not the initial zeros and ones
+        variable.assign(np.random.default_rng(5).uniform(0.5, 1.5, variable.shape))
+    backbone.save_weights(tmp_path / "backbone.weights.h5")
+    model = models.build("mobilenet_v2", CLASSES, None, crop_size=CROP, replica_layers=SYNCHRONIZED,
+                         weights=str(tmp_path / "backbone.weights.h5"))
+    rebuilt = model.get_layer("backbone")
+    assert all(layer.synchronized for layer in nesting.all_layers(rebuilt)
+               if isinstance(layer, keras.layers.BatchNormalization))
+    for expected, got in zip(backbone.weights, rebuilt.weights, strict=True):
+        assert expected.path == got.path
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())

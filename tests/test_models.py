@@ -10,6 +10,8 @@ from input import batch as batch_lib
 from trainer import models
 from trainer import recipes
 from trainer.models import levi_hassner
+from trainer.models import nesting
+from trainer.models import replicas
 
 PAPER_CLASSES = 8
 PAPER_PARAMETERS = 11_415_048
@@ -181,3 +183,28 @@ def test_saved_model_carries_the_mean(tmp_path):
     restored = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(restored.serve(features).numpy(), model(features).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_dropout_layer_draws_per_replica_masks(name):
+    model = models.build(name, PAPER_CLASSES, None, crop_size=CROP, dropout=0.5)
+    dropouts = [layer for layer in nesting.all_layers(model)
+                if isinstance(layer, keras.layers.Dropout)]
+    assert dropouts and all(isinstance(layer, replicas.Dropout) for layer in dropouts)
+
+
+def test_replicas_draw_other_masks_from_one_seed_state():
+    def masks(replica_id, state):
+        layer = replicas.Dropout(0.5, replica_id=lambda: replica_id)
+        layer.build((None, 1000))
+        layer.seed_generator.state.assign(state)
+        return [np.not_equal(layer(np.ones((4, 1000), np.float32), training=True), 0)
+                for _ in range(2)]
+
+    state = np.array([7, 0])
+    first, second = masks(0, state), masks(1, state)
+    assert 0.45 < first[0].mean() < 0.55
+    assert np.mean(first[0] != second[0]) > 0.4  # replicas: their own masks
+    assert np.mean(first[0] != first[1]) > 0.4  # steps: new masks
+    # The state and the replica decide the masks: a resumed job draws the same.
+    np.testing.assert_array_equal(masks(1, state)[1], second[1])

@@ -3,6 +3,8 @@ pipeline with the per-replica batch."""
 
 import json
 
+import numpy as np
+
 from conftest import json_lines, run
 from trainer import strategy
 
@@ -63,3 +65,69 @@ def test_a_signal_between_two_loops_stops_the_second(python):
     result = run([python, "-c", code])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["True", "SIGTERM"]
+
+
+# The layers the backend gives the models (trainer.models.replicas), with --batch_norm=local:
+# one training-mode call on each replica's own images, then the moving statistics averaged.
+REPLICA_LAYERS = """
+import json, sys
+import keras
+import numpy as np
+import tensorflow as tf
+from trainer import strategy
+
+backend = strategy.create(sys.argv[1], logical_cpus=2)
+with backend.scope():
+    layers = backend.replica_layers("local")
+    inputs = keras.Input((4, 4, 3))
+    normalized = layers.batch_norm(name="bn")(inputs)
+    dropped = layers.dropout(0.5, "drop")(keras.layers.Flatten()(normalized))
+    model = keras.Model(inputs, dropped)
+statistics = model.get_layer("bn").non_trainable_variables
+
+def local(value):  # this process's replicas' values of a per-replica value or variable
+    return [np.asarray(v).tolist() for v in getattr(value, "values", (value,))]
+
+images = backend.distribute_values(lambda replica: tf.random.stateless_normal(
+    [2, 4, 4, 3], seed=[replica, 0]) + tf.cast(replica, tf.float32))
+outputs = tf.function(lambda x: backend.run(lambda y: model(y, training=True), (x,)))(images)
+before = [local(v.value) for v in statistics]
+tf.function(lambda: backend.average_across_replicas(statistics))()
+print(json.dumps({"process": backend.process_index,
+                  "kept": [np.not_equal(o, 0).tolist() for o in local(outputs)],
+                  "before": before, "after": [local(v.value) for v in statistics]}))
+"""
+
+
+def replicas_of(reports, key):
+    """[variable][replica] values of `key`, the replicas of every process in order."""
+    return np.concatenate([np.array(r[key]) for r in reports], axis=1)
+
+
+def assert_replicas_differ_then_agree(reports):
+    kept = np.concatenate([np.array(r["kept"]) for r in reports])
+    assert kept.shape[0] == 2 and 0.3 < kept.mean() < 0.7  # dropout 0.5 on 2 replicas
+    # Each replica draws its own mask (the same seed state everywhere would draw one mask).
+    assert np.mean(kept[0] != kept[1]) > 0.3
+    before, after = replicas_of(reports, "before"), replicas_of(reports, "after")
+    # Local batch norm: each replica's moving mean and variance follow its own images...
+    assert np.all(np.abs(before[:, 0] - before[:, 1]) > 1e-4)
+    # ... until averaged: then every replica holds their mean.
+    for variable_before, variable_after in zip(before, after):
+        for replica in variable_after:
+            np.testing.assert_allclose(replica, variable_before.mean(axis=0), rtol=1e-6)
+
+
+def test_mirrored_replicas_draw_their_own_dropout_and_average_local_statistics(python):
+    result = run([python, "-c", REPLICA_LAYERS, "mirrored"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_replicas_differ_then_agree(json_lines(result.stdout)[-1:])
+
+
+def test_horovod_ranks_draw_their_own_dropout_and_average_local_statistics(horovodrun, python):
+    result = run([horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", python, "-c",
+                  REPLICA_LAYERS, "horovod"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = sorted(json_lines(result.stdout), key=lambda report: report["process"])
+    assert [report["process"] for report in reports] == [0, 1]
+    assert_replicas_differ_then_agree(reports)

@@ -4,7 +4,9 @@ Training step: forward and backward (compiled with XLA under --xla), then the st
 gradient reduction, the solver's per-variable learning-rate multipliers, and
 `optimizer.apply_gradients`, which stay outside XLA: compiling them fails under
 MirroredStrategy (a resource of replica 1 read from CPU:0) and under
-MultiWorkerMirroredStrategy on CPU (XLA has no CPU collectives).
+MultiWorkerMirroredStrategy on CPU (XLA has no CPU collectives). For the same reasons,
+synchronized batch norm, which all-reduces inside the forward pass, cannot be compiled over
+several replicas: trainer.loop refuses that job before any work.
 
 The loss each replica differentiates is its share of the global batch's mean
 (strategy.replica_loss) plus its share of the L2 term (divided by the number of replicas), so

@@ -10,6 +10,12 @@ asks which backend runs it. The rules every backend keeps:
   Under Horovod nothing else reduces: `reduce_gradients` is one grouped all-reduce SUM.
 - A term that every replica adds to its loss (weight decay) is summed across replicas the same
   way: divide it by the number of replicas (`scale_regularization`).
+- Batch norm and dropout: `replica_layers(batch_norm)` gives the models their layers
+  (trainer.models.replicas): batch norm over the global batch ("sync": Keras' synchronized
+  layer under tf.distribute, one all-reduce of sums under Horovod) or over each replica's slice
+  ("local", whose moving statistics `average_across_replicas` then makes one model's), and
+  dropout whose masks fold in the replica's index, so that replicas draw different masks from
+  one saved state.
 - Checkpoints: the chief writes them. MultiWorkerMirroredStrategy needs every worker to take
   part in a save, so the others write to a temporary folder they delete; Horovod's other ranks
   do not save at all, and after a restore every rank takes rank 0's variables.
@@ -22,6 +28,8 @@ not work (BUILD_NOTES.md), which is why the step reduces with `hvd.grouped_allre
 """
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -29,6 +37,8 @@ import signal
 
 import keras
 import tensorflow as tf
+
+from trainer.models import replicas
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "horovod")
 # How batch norm normalises under several replicas: over the global batch (its moments
@@ -161,6 +171,12 @@ class TFDistributeBackend:
                               context.get_per_replica_batch_size(global_batch_size))
         return self._strategy.distribute_datasets_from_function(for_pipeline)
 
+    def gather(self, value):
+        """Every replica's copy of the scalar `value` (this process's, for each of its
+        replicas), in replica order, on every process."""
+        per_replica = self.distribute_values(lambda _: tf.reshape(tf.constant(value), [1]))
+        return self._strategy.gather(per_replica, axis=0).numpy()
+
     def reduce_gradients(self, grads):
         return grads  # Keras 3's apply_gradients sums across replicas itself.
 
@@ -184,6 +200,24 @@ class TFDistributeBackend:
 
     def sync_variables(self, variables):
         del variables  # Mirrored variables are created equal on every replica.
+
+    def replica_layers(self, batch_norm):
+        """The models' batch-norm and dropout layers (trainer.models.replicas): Keras' own
+        synchronized batch norm when `batch_norm` is "sync" over several replicas."""
+        synchronized = batch_norm == "sync" and self.num_replicas > 1
+        return replicas.ReplicaLayers(
+            batch_norm=functools.partial(keras.layers.BatchNormalization,
+                                         synchronized=synchronized),
+            replica_id=_replica_id_in_sync_group)
+
+    def average_across_replicas(self, variables):
+        """Sets `variables` on every replica to their mean over the replicas; call it in a
+        tf.function, outside the replica function, on every process."""
+        local_values = self._strategy.run(lambda: [tf.identity(_tf_variable(v))
+                                                   for v in variables])
+        means = self._strategy.reduce(tf.distribute.ReduceOp.MEAN, local_values, axis=None)
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)  # in cross-replica context: every replica's copy
 
 
 class HorovodBackend:
@@ -248,6 +282,9 @@ class HorovodBackend:
         return dataset_fn(self._hvd.size(), self._hvd.rank(),
                           global_batch_size // self._hvd.size())
 
+    def gather(self, value):
+        return self._hvd.allgather(tf.reshape(tf.constant(value), [1])).numpy()
+
     def reduce_gradients(self, grads):
         return self._hvd.grouped_allreduce(grads, op=self._hvd.Sum)
 
@@ -264,6 +301,24 @@ class HorovodBackend:
     def sync_variables(self, variables):
         """Makes every rank start from rank 0's values (model and optimizer state)."""
         self._hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
+
+    def replica_layers(self, batch_norm):
+        """The models' batch-norm and dropout layers (trainer.models.replicas): batch norm
+        whose moments are all-reduced over the ranks when `batch_norm` is "sync" over several
+        (Horovod's own SyncBatchNormalization fails under Keras 3)."""
+        rank = self._hvd.rank()
+        layers = replicas.ReplicaLayers(replica_id=lambda: rank)
+        if batch_norm == "sync" and self.num_replicas > 1:
+            layers = dataclasses.replace(layers, batch_norm=functools.partial(
+                replicas.AllReducedBatchNormalization, all_reduce_sum=self.all_reduce_sum))
+        return layers
+
+    def average_across_replicas(self, variables):
+        """Sets `variables` on every rank to their mean over the ranks; every rank calls it."""
+        means = self._hvd.grouped_allreduce([_tf_variable(v) for v in variables],
+                                            op=self._hvd.Average)
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
 
 
 class StopSignal:
@@ -339,6 +394,12 @@ def _task_index(resolver):
         return 0
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_id + int(has_chief)
+
+
+def _replica_id_in_sync_group():
+    """This replica's index among all replicas of all workers (0 outside a replica function)."""
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
 
 
 def _tf_variable(variable):

@@ -2,9 +2,13 @@
 
 The trainer knows a model only through it:
 
-    build(num_classes, mean_image, dropout=..., crop_size=...) -> keras.Model
+    build(num_classes, mean_image, dropout=..., crop_size=..., replica_layers=...) -> keras.Model
         inputs input.batch.MODEL_INPUTS of a batch {"image" uint8 [B, c, c, 3], "crop_offset"
-        int32 [B, 2], "flip" bool [B]}, float32 logits out;
+        int32 [B, 2], "flip" bool [B]}, float32 logits out; every batch-norm and dropout layer
+        made by `replica_layers` (a replicas.ReplicaLayers, which the strategy module makes:
+        batch norm over the global batch, each replica's own dropout masks), those of a network
+        the family does not write included (a keras.applications backbone is rebuilt by
+        `replica_layers.with_batch_norm`);
     weight_decay: the default factor of the solver's L2 term (recipes.l2_term);
     decay_variables(model): the variables that term applies to;
     lr_multipliers(model) -> {variable path: multiplier}: the paper's solver's per-layer rates
@@ -18,6 +22,7 @@ tests.
 import dataclasses
 from typing import Callable
 
+import keras
 import numpy as np
 
 from trainer.models import levi_hassner
@@ -84,3 +89,10 @@ def flops_per_image(model):
             positions = np.prod(layer.output.shape[1:-1], dtype=np.int64)  # 1 for a Dense
             multiply_adds += int(np.prod(kernel.shape, dtype=np.int64) * positions)
     return 2 * multiply_adds
+
+
+def moving_statistics(model):
+    """The moving means and variances of the model's batch-norm layers, nested ones included."""
+    return [variable for layer in nesting.all_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in (layer.moving_mean, layer.moving_variance)]

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from input import images
 from trainer.models import mean_window
+from trainer.models import replicas
 
 CONV_STD = 0.01  # conv1..conv3 weights
 FC_STD = 0.005  # fc6, fc7 weights
@@ -41,7 +42,8 @@ HEAD = "fc8"
 HEAD_LR_MULTIPLIER = 10.0  # fc8's weights; its biases get 10 x 2 = 20
 
 
-def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
+def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE,
+          replica_layers=replicas.ReplicaLayers()):
     """The published network as a Keras functional model.
 
     Args:
@@ -49,6 +51,8 @@ def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
       mean_image: the training folds' per-pixel mean (H x W x 3 float32), or None.
       dropout: after fc6 and fc7.
       crop_size: the side of the input crops; 227 in the paper, smaller in tests.
+      replica_layers: the dropout (and batch norm) the distribution decides, see
+        trainer.models.replicas.
 
     Returns:
       A model from {"image", "crop_offset", "flip"} to float32 logits [B, num_classes].
@@ -65,9 +69,9 @@ def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
     x = _pool("pool5")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = _dense("fc6", 512, FC_STD, bias=1.0, activation="relu")(x)
-    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = replica_layers.dropout(dropout, "drop6")(x)
     x = _dense("fc7", 512, FC_STD, bias=1.0, activation="relu")(x)
-    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    x = replica_layers.dropout(dropout, "drop7")(x)
     # float32 logits even under a mixed-precision policy, for the softmax loss.
     logits = _dense(HEAD, num_classes, HEAD_STD, bias=0.0, dtype="float32")(x)
     return keras.Model(model_inputs, logits, name="levi_hassner")

@@ -36,6 +36,7 @@ from input import images
 from trainer.models import levi_hassner
 from trainer.models import mean_window
 from trainer.models import nesting
+from trainer.models import replicas
 
 
 DROPOUT = 0.5  # the paper's rate, now on the only layer with many weights per class
@@ -54,7 +55,8 @@ WEIGHT_DECAY = 5e-5
 KERNEL_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
-def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
+def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE,
+          replica_layers=replicas.ReplicaLayers()):
     """The network as a Keras functional model; arguments as levi_hassner.build's.
 
     Returns:
@@ -62,23 +64,24 @@ def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
     """
     model_inputs = mean_window.inputs(crop_size)
     x = mean_window.subtract_mean(model_inputs, mean_image)
-    x = _conv_bn_relu(x, "conv1", 96, 7, strides=4, padding="valid")
+    batch_norm = replica_layers.batch_norm
+    x = _conv_bn_relu(x, batch_norm, "conv1", 96, 7, strides=4, padding="valid")
     x = _pool("pool1")(x)
-    x = _conv_bn_relu(x, "conv2", 256, 5)
+    x = _conv_bn_relu(x, batch_norm, "conv2", 256, 5)
     x = _pool("pool2")(x)
-    x = _conv_bn_relu(x, "conv3", 384, 3)
+    x = _conv_bn_relu(x, batch_norm, "conv3", 384, 3)
     x = _pool("pool5")(x)
     x = keras.layers.GlobalAveragePooling2D(name="average")(x)
-    x = keras.layers.Dropout(dropout, name="drop")(x)
+    x = replica_layers.dropout(dropout, "drop")(x)
     # float32 logits even under a mixed-precision policy, for the softmax loss.
     logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
     return keras.Model(model_inputs, logits, name="levi_hassner_bn")
 
 
-def _conv_bn_relu(x, name, filters, kernel, strides=1, padding="same"):
+def _conv_bn_relu(x, batch_norm, name, filters, kernel, strides=1, padding="same"):
     x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
                             kernel_initializer="he_normal", name=name)(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -33,6 +33,7 @@ import keras
 
 from input import images
 from trainer.models import mean_window
+from trainer.models import replicas
 
 # Kernels-only decay (nested backbone walked into) and no multipliers, as for every BN network.
 
@@ -47,7 +48,8 @@ HEAD = "fc8"
 WEIGHT_DECAY = 4e-5
 
 
-def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE, weights=None):
+def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE, weights=None,
+          replica_layers=replicas.ReplicaLayers()):
     """The network as a Keras functional model; arguments as levi_hassner.build's, and:
 
     Args:
@@ -70,8 +72,10 @@ def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE, 
         pooling="avg", name="backbone")
     if weights is not None:
         backbone.load_weights(weights)  # what keras.applications does with a path
+    # keras.applications takes no batch-norm layer: the backbone is rebuilt with ours.
+    backbone = replica_layers.with_batch_norm(backbone)
     x = backbone(x)
-    x = keras.layers.Dropout(dropout, name="drop")(x)
+    x = replica_layers.dropout(dropout, "drop")(x)
     # float32 logits even under a mixed-precision policy, for the softmax loss.
     logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
     return keras.Model(model_inputs, logits, name="mobilenet_v2")

@@ -30,6 +30,7 @@ import keras
 
 from input import images
 from trainer.models import mean_window
+from trainer.models import replicas
 
 PIXEL_SCALE = 1 / 128  # crops minus the mean lie in about [-128, 128]: bring them near [-1, 1]
 STEM_FILTERS, STEM_KERNEL, STEM_STRIDE = 32, 7, 2
@@ -44,7 +45,8 @@ HEAD = "fc8"
 WEIGHT_DECAY = 1e-4
 
 
-def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
+def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE,
+          replica_layers=replicas.ReplicaLayers()):
     """The network as a Keras functional model; arguments as levi_hassner.build's.
 
     Returns:
@@ -54,31 +56,32 @@ def build(num_classes, mean_image, dropout=DROPOUT, crop_size=images.CROP_SIZE):
     x = mean_window.subtract_mean(model_inputs, mean_image)
     x = keras.layers.Rescaling(PIXEL_SCALE, name="scale")(x)
     x = _conv(STEM_FILTERS, STEM_KERNEL, STEM_STRIDE, "conv1", padding="valid")(x)
-    x = _batch_norm("conv1_bn")(x)
+    batch_norm = replica_layers.batch_norm
+    x = batch_norm(name="conv1_bn")(x)
     x = keras.layers.ReLU(name="conv1_relu")(x)
     x = keras.layers.MaxPooling2D(POOL_SIZE, POOL_STRIDE, padding="same", name="pool1")(x)
     for stage, filters in enumerate(STAGE_FILTERS, start=1):
         for block in range(1, BLOCKS_PER_STAGE + 1):
             strides = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(x, filters, strides, f"stage{stage}_block{block}")
+            x = _basic_block(x, batch_norm, filters, strides, f"stage{stage}_block{block}")
     x = keras.layers.GlobalAveragePooling2D(name="average")(x)
-    x = keras.layers.Dropout(dropout, name="drop")(x)
+    x = replica_layers.dropout(dropout, "drop")(x)
     # float32 logits even under a mixed-precision policy, for the softmax loss.
     logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
     return keras.Model(model_inputs, logits, name="resnet")
 
 
-def _basic_block(x, filters, strides, name):
+def _basic_block(x, batch_norm, filters, strides, name):
     """relu(shortcut(x) + residual(x)), the residual's last BN starting at gamma = 0."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _conv(filters, 1, strides, f"{name}_project")(x)
-        shortcut = _batch_norm(f"{name}_project_bn")(shortcut)
+        shortcut = batch_norm(name=f"{name}_project_bn")(shortcut)
     y = _conv(filters, 3, strides, f"{name}_conv1")(x)
-    y = _batch_norm(f"{name}_bn1")(y)
+    y = batch_norm(name=f"{name}_bn1")(y)
     y = keras.layers.ReLU(name=f"{name}_relu1")(y)
     y = _conv(filters, 3, 1, f"{name}_conv2")(y)
-    y = _batch_norm(f"{name}_bn2", gamma_initializer="zeros")(y)
+    y = batch_norm(name=f"{name}_bn2", gamma_initializer="zeros")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_relu2")(y)
 
@@ -87,7 +90,3 @@ def _conv(filters, kernel, strides, name, padding="same"):
     # No bias: the BN after every convolution has its own (beta).
     return keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding,
                                use_bias=False, kernel_initializer="he_normal", name=name)
-
-
-def _batch_norm(name, gamma_initializer="ones"):
-    return keras.layers.BatchNormalization(gamma_initializer=gamma_initializer, name=name)
