@@ -40,7 +40,7 @@ def test_a_small_matrix_is_measured_and_compared(python, records, tmp_path):
 
 def test_repeated_runs_of_a_cell_merge_over_all_their_windows():
     cell = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False,
-            "data": "synthetic", "distribution": "one_device", "replicas": 1,
+            "batch_norm": "sync", "data": "synthetic", "distribution": "one_device", "replicas": 1,
             "flops_per_image": 10.0}
     runs = [throughput.with_rates({**cell, "roof_flops": 1e4}, [100.0, 90.0, 80.0]),
             throughput.with_rates({**cell, "data": "records", "roof_flops": 1e4}, [70.0]),
@@ -54,12 +54,15 @@ def test_repeated_runs_of_a_cell_merge_over_all_their_windows():
 
 
 def test_ratios_pair_each_cell_with_its_twin():
-    base = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False}
+    base = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False,
+            "batch_norm": "sync"}
     results = [{**base, "data": "synthetic", "distribution": "one_device", "images_per_sec": 100},
                {**base, "data": "records", "distribution": "one_device", "images_per_sec": 96},
                {**base, "data": "cached_records", "distribution": "one_device",
                 "images_per_sec": 99},
                {**base, "data": "synthetic", "distribution": "horovod:2", "images_per_sec": 90},
+               {**base, "data": "synthetic", "distribution": "horovod:2", "batch_norm": "local",
+                "images_per_sec": 100},
                {**base, "data": "records", "distribution": "horovod:2", "error": "boom"}]
     lines = throughput.ratios(results)
     assert lines == [
@@ -68,7 +71,9 @@ def test_ratios_pair_each_cell_with_its_twin():
         "cached_records / synthetic (m, one_device, fp32, xla=False): 0.99x (target >= 0.95: "
         "training is not input-bound)",
         "horovod:2 / one process (m, synthetic): 0.90x on the same cores (target >= 0.9: the "
-        "distribution's overhead)"]
+        "distribution's overhead)",
+        "sync / local batch norm (m, horovod:2, synthetic): 0.90x (the cost of normalising "
+        "over the global batch)"]
 
 
 def test_time_to_accuracy_races_two_contenders_to_the_baselines_best(python, records, tmp_path):

@@ -4,6 +4,8 @@
   python -m trainer.benchmark --data=synthetic,records --xla=false,true \\
       --precisions=fp32,mixed_bfloat16 --batch_sizes=32,64 --models=levi_hassner,resnet \\
       --distributions=one_device,horovod:2,mirrored:2
+  python -m trainer.benchmark --models=levi_hassner_bn --batch_norms=sync,local \\
+      --data=synthetic --distributions=mirrored:2,horovod:2
 
 Every cell runs in its own process(es), one cell at a time: warm-up steps are excluded, then
 images/s is the median of timed windows (min and max beside it), with the FLOP/s achieved
@@ -28,6 +30,7 @@ from launch import entry
 from trainer import cli
 from trainer import loop
 from trainer import models
+from trainer import strategy
 from trainer.bench import processes
 from trainer.bench import throughput
 
@@ -38,6 +41,8 @@ flags.DEFINE_list("models", ["levi_hassner"], "Models to measure.")
 flags.DEFINE_list("batch_sizes", ["32"], "Global batch sizes.")
 flags.DEFINE_list("precisions", ["fp32"], "fp32, mixed_float16, mixed_bfloat16.")
 flags.DEFINE_list("xla", ["false"], "false and/or true.")
+flags.DEFINE_list("batch_norms", ["sync"], "sync and/or local (--batch_norm of trainer.main: "
+                  "batch norm over the global batch or each replica's slice).")
 flags.DEFINE_list("data", ["synthetic", "records"], "synthetic (in memory), records (the "
                   "pipeline) and/or cached_records (the pipeline with --cache: records "
                   "decoded once, kept in memory).")
@@ -90,6 +95,7 @@ def _check_batch_sizes(values):
 _each_one_of("models", models.names())
 _each_one_of("precisions", sorted(loop.PRECISIONS))
 _each_one_of("xla", XLA_VALUES)
+_each_one_of("batch_norms", strategy.BATCH_NORMS)
 _each_one_of("data", throughput.DATA_SOURCES)
 flags.register_validator("distributions", _check_distributions)
 flags.register_validator("batch_sizes", _check_batch_sizes)
@@ -104,7 +110,7 @@ def main(argv):
     cells = throughput.matrix(
         FLAGS.models, [int(batch) for batch in FLAGS.batch_sizes], FLAGS.precisions,
         [value == "true" for value in FLAGS.xla], FLAGS.data, FLAGS.distributions,
-        FLAGS.crop_size, FLAGS.records)
+        FLAGS.crop_size, FLAGS.records, FLAGS.batch_norms)
     steps = {"warmup_steps": FLAGS.warmup_steps, "window_steps": FLAGS.window_steps,
              "windows": FLAGS.windows}
     return throughput.run_matrix(cells, steps, FLAGS.out_dir, FLAGS.repeats,

@@ -190,7 +190,9 @@ def _build(config, backend, info, plan):
     """The model, its optimizer (built, so that a restore fills its slots) and the step."""
     with backend.scope():
         model = models.build(config.model, info.num_classes, info.mean_image,
+                             replica_layers=backend.replica_layers(config.batch_norm),
                              **_model_options(config))
+        _check_xla(config, backend, model)
         optimizer = recipes.optimizer(config.recipe, plan["global_batch_size"],
                                       plan["total_steps"], config.precision)
         optimizer.build(model.trainable_variables)
@@ -204,6 +206,7 @@ def _loop(job, checkpoints, writer, stop):
     first, total = int(step.numpy()), plan["total_steps"]
     run_step, stream = train_step(job), batches(job, first)
     evaluator = _evaluator(config, backend, job.info, model, plan["global_batch_size"])
+    average_statistics = _statistics_averager(job)  # before each evaluation and checkpoint
     window, last_eval, stopped_by = _Window(), None, None
     for current in range(first + 1, total + 1):
         if stop.requested(current - 1):
@@ -226,12 +229,15 @@ def _loop(job, checkpoints, writer, stop):
             writer.write(current, window.metrics(backend.num_replicas))
             window = _Window()
         if is_time(current, config.checkpoint_every, total):
+            average_statistics()
             _check_finite(model, current)
             checkpoints.save(current)
         if evaluator and is_time(current, plan["eval_every"], total):
+            average_statistics()
             last_eval = evaluator(current, writer)
 
     final = int(step.numpy())
+    average_statistics()
     if evaluator and last_eval is None and not stopped_by:  # a finished job run again
         last_eval = evaluator(final, writer)
     _check_finite(model, final)
@@ -239,6 +245,27 @@ def _loop(job, checkpoints, writer, stop):
     writer.announce("stopped" if stopped_by else "finished", step=final, signal=stopped_by,
                     checkpoint=checkpoints.latest() if backend.is_chief else None)
     return {"step": final, "total_steps": total, "stopped_by": stopped_by, "eval": last_eval}
+
+
+def _check_xla(config, backend, model):
+    """--xla compiles the forward pass, where synchronized batch norm all-reduces: MirroredStrategy
+    refuses a synchronization point inside compiled control flow, Horovod's build has no XLA
+    ops and XLA no CPU collectives. Per-replica batch norm compiles."""
+    if (config.xla and config.batch_norm == "sync" and backend.num_replicas > 1
+            and models.moving_statistics(model)):
+        raise entry.UserError(
+            f"--xla cannot compile {config.model}'s batch norm synchronized over "
+            f"{backend.num_replicas} replicas: drop --xla, or add --batch_norm=local")
+
+
+def _statistics_averager(job):
+    """A function that makes the replicas' batch-norm moving statistics one model's: under
+    --batch_norm=local each replica's drift apart, so they are set to their mean across
+    replicas (every process calls it at the same steps). Otherwise it does nothing."""
+    statistics = models.moving_statistics(job.model)
+    if job.config.batch_norm != "local" or job.backend.num_replicas == 1 or not statistics:
+        return lambda: None
+    return tf.function(lambda: job.backend.average_across_replicas(statistics))
 
 
 def _run(run_step, stream, config, checkpoints):

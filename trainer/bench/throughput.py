@@ -1,6 +1,7 @@
 """The training throughput matrix, measured the way tf_cnn_benchmarks does, with the real step.
 
-Every cell (model, global batch, precision, XLA, data source, distribution) runs in its own
+Every cell (model, global batch, precision, XLA, batch norm, data source, distribution) runs in
+its own
 process(es), one cell at a time (`trainer.bench.worker`): warm-up steps are excluded, then
 images/s is the median of timed windows (min and max beside it). A cell reuses trainer.loop's
 job and step; only the data source differs between "synthetic" (in-memory batches) and
@@ -25,17 +26,20 @@ from trainer.bench import timing
 ROOF_MATMUL = 2048  # a 4096 matmul is slower per FLOP than 2048 on these CPUs (FACTS.md)
 ROOF_REPEATS = 5
 DATA_SOURCES = ("synthetic", "records", "cached_records")
-CELL_KEYS = ("model", "global_batch_size", "precision", "xla", "data", "distribution")
+CELL_KEYS = ("model", "global_batch_size", "precision", "xla", "batch_norm", "data",
+             "distribution")
 
 
 def matrix(models, global_batch_sizes, precisions, xla, data, distributions, crop_size,
-           records):
-    """Every cell of the matrix, as plain dicts, in the order the table shows them."""
+           records, batch_norms=("sync",)):
+    """Every cell of the matrix, as plain dicts, in the order the table shows them.
+    `batch_norms`: values of --batch_norm (trainer.strategy.BATCH_NORMS)."""
     return [{"model": model, "global_batch_size": batch, "precision": precision,
-             "xla": compiled, "data": source, "distribution": distribution,
-             "crop_size": crop_size, "records": records}
+             "xla": compiled, "batch_norm": batch_norm, "data": source,
+             "distribution": distribution, "crop_size": crop_size, "records": records}
             for model in models for batch in global_batch_sizes for precision in precisions
-            for compiled in xla for source in data for distribution in distributions]
+            for compiled in xla for batch_norm in batch_norms for source in data
+            for distribution in distributions]
 
 
 def run_matrix(cells, steps, out_dir, repeats, bandwidth_gbit, gpu_step_seconds):
@@ -99,7 +103,7 @@ def measure(cell, warmup_steps, window_steps, windows, threads):
         cache=cell["data"] == "cached_records",
         recipe=recipes.resolve("paper", global_batch_size=cell["global_batch_size"]),
         crop_size=cell["crop_size"], precision=cell["precision"], xla=cell["xla"],
-        input_threads=threads)
+        batch_norm=cell["batch_norm"], input_threads=threads)
     job = loop.prepare(config, backend)
     timer = timing.StepTimer(job)
     if cell["data"] == "cached_records":
@@ -180,18 +184,16 @@ def measure_roof(model, batch_size):
 
 
 def table(results):
-    header = (f"{'model':<14} {'batch':>5} {'precision':<15} {'xla':<5} {'data':<9} "
+    header = (f"{'model':<14} {'batch':>5} {'precision':<15} {'xla':<5} {'bn':<5} {'data':<9} "
               f"{'distribution':<12} {'images/s':>9} {'min':>7} {'max':>7} {'% roof':>7}")
     lines = [header]
     for r in results:
+        cell = (f"{r['model']:<14} {r['global_batch_size']:>5} {r['precision']:<15} "
+                f"{str(r['xla']):<5} {r['batch_norm']:<5} {r['data']:<9} {r['distribution']:<12}")
         if "error" in r:
-            lines.append(f"{r['model']:<14} {r['global_batch_size']:>5} {r['precision']:<15} "
-                         f"{str(r['xla']):<5} {r['data']:<9} {r['distribution']:<12} "
-                         f"error: {r['error']}")
+            lines.append(f"{cell} error: {r['error']}")
             continue
-        lines.append(f"{r['model']:<14} {r['global_batch_size']:>5} {r['precision']:<15} "
-                     f"{str(r['xla']):<5} {r['data']:<9} {r['distribution']:<12} "
-                     f"{r['images_per_sec']:>9.1f} {r['min']:>7.1f} {r['max']:>7.1f} "
+        lines.append(f"{cell} {r['images_per_sec']:>9.1f} {r['min']:>7.1f} {r['max']:>7.1f} "
                      f"{100 * r['fraction_of_roof']:>6.1f}%")
     return "\n".join(lines)
 
@@ -217,4 +219,10 @@ def ratios(results):
             lines.append(f"{r['distribution']} / one process ({r['model']}, {r['data']}): "
                          f"{r['images_per_sec'] / single['images_per_sec']:.2f}x on the same "
                          f"cores (target >= 0.9: the distribution's overhead)")
+        local = (r["batch_norm"] == "sync" and r["distribution"] != "one_device"
+                 and twin(r, batch_norm="local"))
+        if local:
+            lines.append(f"sync / local batch norm ({r['model']}, {r['distribution']}, "
+                         f"{r['data']}): {r['images_per_sec'] / local['images_per_sec']:.2f}x "
+                         f"(the cost of normalising over the global batch)")
     return lines
