@@ -4,18 +4,23 @@ user mistakes and disk faults of both are one error line, and a failed export le
 
 import contextlib
 import errno
+import json
 import os
+import pathlib
+import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, json_lines, run, train
+from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, VENV_BIN, json_lines, run, train
 from input import images
 from input import schema
 from launch import entry
 from trainer import checkpoint as checkpoint_lib
+from trainer.serving import litert
+from trainer.serving import predict as serving_predict
 from trainer.serving import saved_model
 
 TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
@@ -47,12 +52,15 @@ def export(python, model_dir, export_dir, *flags):
 
 @pytest.fixture(scope="module")
 def exported(python, trained, tmp_path_factory):
-    exports = {}
-    for crops in ("1", "10"):
-        export_dir = tmp_path_factory.mktemp("export") / f"crops{crops}"
-        result = export(python, trained, export_dir, f"--eval_crops={crops}")
+    """Two exports to one --export_dir, its versions 1 and 2: 1 crop, then 10 crops with
+    --litert. {crops: the version folder, "base": the --export_dir, "stdout": {crops: ...}}."""
+    base = tmp_path_factory.mktemp("export") / "agenet"
+    exports = {"base": base, "stdout": {}}
+    for crops, flags in ((1, ()), (10, ("--litert",))):
+        result = export(python, trained, base, f"--eval_crops={crops}", *flags)
         assert result.returncode == 0, result.stderr[-3000:]
-        exports[int(crops)] = export_dir
+        exports["stdout"][crops] = result.stdout
+        exports[crops] = pathlib.Path(json_lines(result.stdout)[-1]["saved_model"])
     return exports
 
 
@@ -80,12 +88,19 @@ def evaluation_path(model_dir, records, crops):
 @pytest.mark.parametrize("crops", [1, 10])
 def test_exported_model_predicts_what_evaluation_computes(trained, raw_records, exported,
                                                           synthetic_tree, crops):
+    """Both signatures: JPEG bytes, and the same faces decoded to the records' size."""
     expected = evaluation_path(trained, raw_records, crops)
-    serve = tf.saved_model.load(str(exported[crops])).signatures["serving_default"]
+    signatures = tf.saved_model.load(str(exported[crops])).signatures
     files = sorted(expected)
     encoded = [(synthetic_tree / name).read_bytes() for name in files]
-    served = serve(image_bytes=tf.constant(encoded))["probabilities"].numpy()
-    np.testing.assert_allclose(served, np.stack([expected[f] for f in files]), atol=1e-5)
+    served = signatures["serving_default"](image_bytes=tf.constant(encoded))
+    np.testing.assert_allclose(served["probabilities"].numpy(),
+                               np.stack([expected[f] for f in files]), atol=1e-5)
+    pixels = tf.stack([images.decode_and_resize(face, TINY_RECORD_SIZE) for face in encoded])
+    from_pixels = signatures["serving_pixels"](images=pixels)
+    np.testing.assert_allclose(from_pixels["probabilities"].numpy(),
+                               served["probabilities"].numpy(), atol=1e-6)
+    assert from_pixels["label"].numpy().tolist() == served["label"].numpy().tolist()
 
 
 LOAD_WITHOUT_PROJECT = """
@@ -128,16 +143,33 @@ def test_saved_model_loads_without_the_project_and_serves_any_size_and_png(pytho
     assert metadata["held_out_fold"] == 0 and metadata["eval"]["examples"] > 0
 
 
-def test_saved_model_cli_lists_the_signature(exported):
-    cli = os.path.join(os.path.dirname(os.sys.executable), "saved_model_cli")
-    shown = run([cli, "show", "--dir", exported[1], "--tag_set", "serve",
-                 "--signature_def", "serving_default"]).stdout
-    inputs, outputs = shown.split("output(s):")
+def test_tensorflows_own_loader_serves_it_as_tf_serving_would(exported, synthetic_tree,
+                                                               tmp_path):
+    """saved_model_cli runs the C++ session loader that TF Serving uses: it finds every
+    variable, and both signatures are listed as clients see them."""
+    cli = VENV_BIN / "saved_model_cli"
+    shown = run([cli, "show", "--dir", exported[1], "--all"]).stdout
+    default = shown.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    inputs, outputs = default.split("output(s):")
     assert "inputs['image_bytes']" in inputs and "DT_STRING" in inputs and "(-1)" in inputs
     for name, dtype in (("probabilities", "DT_FLOAT"), ("class_id", "DT_INT64"),
                         ("label", "DT_STRING")):
         assert f"outputs['{name}']" in outputs
         assert dtype in outputs.split(f"outputs['{name}']")[1].split("name:")[0]
+    pixels = shown.split("signature_def['serving_pixels']")[1].split("output(s):")[0]
+    assert "inputs['images']" in pixels and "DT_UINT8" in pixels
+    assert f"(-1, {TINY_RECORD_SIZE}, {TINY_RECORD_SIZE}, 3)" in pixels
+
+    faces = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[:4]
+    np.save(tmp_path / "faces.npy", np.array([face.read_bytes() for face in faces]))  # |S
+    result = run([cli, "run", "--dir", exported[1], "--tag_set", "serve", "--signature_def",
+                  "serving_default", "--inputs", f"image_bytes={tmp_path / 'faces.npy'}",
+                  "--outdir", tmp_path / "out"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    serve = tf.saved_model.load(str(exported[1])).signatures["serving_default"]
+    expected = serve(image_bytes=tf.constant([face.read_bytes() for face in faces]))
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "probabilities.npy"),
+                               expected["probabilities"].numpy(), atol=1e-5)
 
 
 def test_predict_reports_a_bad_file_and_goes_on(python, exported, synthetic_tree, tmp_path):
@@ -160,8 +192,10 @@ def test_predict_reports_a_bad_file_and_goes_on(python, exported, synthetic_tree
     predicted = [line for line in lines if "label" in line]
     assert len(predicted) == 3 and all(len(line["top"]) == 3 for line in predicted)
 
-    text = run([python, "-m", "trainer.predict", f"--saved_model={exported[1]}", faces[0]])
+    # An export's base folder stands for its highest version, as in TF Serving.
+    text = run([python, "-m", "trainer.predict", f"--saved_model={exported['base']}", faces[0]])
     assert text.returncode == 0 and "top 3:" in text.stdout
+    assert serving_predict.version_to_load(str(exported["base"])) == str(exported[10])
 
 
 def test_exporting_a_checkpoint_of_another_model_is_a_clear_error(python, trained,
@@ -208,10 +242,61 @@ def test_a_job_folder_and_an_export_dir_are_required(python, tmp_path):
     assert_one_error(no_export_dir, 2, "--export_dir")
 
 
-def test_an_existing_export_is_never_overwritten(python, trained, exported):
+def test_each_export_is_the_next_version_and_none_is_overwritten(python, trained, exported):
+    """TF Serving's layout: --export_dir is the base and exports are its versions 1, 2, ..."""
+    base = exported["base"]
+    assert [exported[1], exported[10]] == [base / "1", base / "2"]
+    assert sorted(path.name for path in base.iterdir()) == ["1", "2"]
+    assert f"1 crop(s)) to {base / '1'}" in exported["stdout"][1]
+    for crops in (1, 10):
+        metadata = json.loads((exported[crops] / "assets.extra/agenet.json").read_text())
+        assert metadata["crops"] == crops and metadata["record_size"] == TINY_RECORD_SIZE
     before = sorted(path.name for path in exported[1].iterdir())
-    assert_one_error(export(python, trained, exported[1]), 2, exported[1], "exists")
+    assert_one_error(export(python, trained, exported[1]), 2, exported[1], "is a SavedModel")
     assert sorted(path.name for path in exported[1].iterdir()) == before
+
+
+def test_litert_model_runs_in_the_litert_runtime_as_the_saved_model(exported, synthetic_tree):
+    from ai_edge_litert import interpreter
+
+    report = json_lines(exported["stdout"][10])[-1]["litert"]
+    assert report["faces"] == litert.FACES and report["largest_difference"] < litert.TOLERANCE
+    assert set(report["seconds_per_image"]) == {"saved_model", "litert"}
+    assert "largest probability difference against the SavedModel" in exported["stdout"][10]
+    assert not (exported[1] / litert.FILE).exists()  # only with --litert
+
+    faces = sorted((synthetic_tree / "aligned").rglob("*.jpg"))[:5]
+    pixels = np.stack([images.decode_and_resize(face.read_bytes(), TINY_RECORD_SIZE).numpy()
+                       for face in faces])
+    runner = interpreter.Interpreter(model_path=str(exported[10] / litert.FILE)
+                                     ).get_signature_runner("serving_pixels")
+    lite = runner(images=pixels)
+    saved = tf.saved_model.load(str(exported[10])).signatures["serving_pixels"](
+        images=tf.constant(pixels))
+    np.testing.assert_allclose(lite["probabilities"], saved["probabilities"].numpy(),
+                               atol=litert.TOLERANCE)
+    assert lite["label"].tolist() == saved["label"].numpy().tolist()
+    assert lite["class_id"].tolist() == saved["class_id"].numpy().tolist()
+
+
+def test_a_litert_model_that_disagrees_fails_the_export_and_leaves_nothing(trained, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(litert, "TOLERANCE", -1.0)  # any difference is too large
+    with pytest.raises(entry.Failure, match="LiteRT model differs") as error:
+        saved_model.export(str(trained), str(tmp_path / "export"), with_litert=True)
+    assert error.value.exit_code == entry.FAULT_EXIT_CODE
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_litert_without_the_jobs_records_is_refused_before_any_work(trained, tmp_path):
+    job = tmp_path / "job"
+    shutil.copytree(trained, job)
+    run_json = json.loads((job / "run.json").read_text())
+    (job / "run.json").write_text(json.dumps({**run_json, "records": str(tmp_path / "gone")}))
+    with pytest.raises(entry.UserError, match="--litert") as error:
+        saved_model.export(str(job), str(tmp_path / "export"), with_litert=True)
+    assert str(tmp_path / "gone") in str(error.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["job"]
 
 
 @pytest.mark.parametrize("where, cause", [("file", "is a file"),
@@ -280,15 +365,17 @@ def test_a_full_disk_during_the_export_leaves_nothing_injected(trained, tmp_path
 def test_what_a_killed_export_left_is_removed_and_nothing_else(python, trained, tmp_path):
     ended = subprocess.Popen(["true"])
     ended.wait()
-    left = tmp_path / saved_model.temporary_name("export", ended.pid)
+    base = tmp_path / "export"
+    left = pathlib.Path(saved_model.temporary_name(str(base), ended.pid))
     (left / "variables").mkdir(parents=True)
     (left / "saved_model.pb").write_bytes(b"half")
-    for name in ("export.tmp-notes", "export.tmp-1.bak"):
-        (tmp_path / name).write_text("the user's")
-    result = export(python, trained, tmp_path / "export")
+    (base / "3").mkdir()  # a version from elsewhere: the next one is 4
+    for name in (".tmp-notes", ".tmp-1.bak"):
+        (base / name).write_text("the user's")
+    result = export(python, trained, base)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "export", "export.tmp-1.bak", "export.tmp-notes"]
+    assert sorted(path.name for path in base.iterdir()) == [".tmp-1.bak", ".tmp-notes", "3",
+                                                            "4"]
 
 
 def predict(python, saved_model_dir, *args):

@@ -11,27 +11,40 @@ import os
 import tensorflow as tf
 
 from launch import entry
+from trainer.serving import saved_model as saved_model_lib
 
 TOP = 3  # classes shown per image
-SIGNATURE = "serving_default"
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+SIGNATURE = saved_model_lib.BYTES_SIGNATURE
 NO_IMAGES = "no images in this folder"
 
 
+def version_to_load(saved_model):
+    """The SavedModel folder that --saved_model names: itself, or the highest version in it
+    when it is an export's base folder (trainer.export's and TF Serving's layout, BASE/<n>)."""
+    if not os.path.isdir(saved_model) or saved_model_lib.is_saved_model(saved_model):
+        return saved_model
+    numbered = [os.path.join(saved_model, str(version))
+                for version in saved_model_lib.versions(saved_model)]
+    loadable = [folder for folder in numbered if saved_model_lib.is_saved_model(folder)]
+    return loadable[-1] if loadable else saved_model
+
+
 def check_saved_model(saved_model):
-    """entry.UserError, before TensorFlow loads anything, for a path that is not a SavedModel."""
+    """entry.UserError, before TensorFlow loads anything, for a path that is not a SavedModel
+    or the base folder of one."""
     if not os.path.isdir(saved_model):
         cause = "is a file, not a folder" if os.path.lexists(saved_model) else "not found"
         raise entry.UserError(f"--saved_model {saved_model}: {cause}")
-    if not any(os.path.isfile(os.path.join(saved_model, name)) for name in _SAVED_MODEL_FILES):
+    if not saved_model_lib.is_saved_model(version_to_load(saved_model)):
         raise entry.UserError(f"--saved_model {saved_model} is not a SavedModel (no "
-                              f"{_SAVED_MODEL_FILES[0]} in it): give a folder written by "
-                              f"trainer.export")
+                              f"{saved_model_lib.SAVED_MODEL_FILES[0]} in it or in a numbered "
+                              f"version folder): give a folder written by trainer.export")
 
 
 def load(saved_model):
-    """(the serving function, its class names) of a SavedModel written by trainer.export, once
-    check_saved_model() has passed."""
+    """(the serving function, its class names) of a SavedModel written by trainer.export, or of
+    the highest version in its base folder, once check_saved_model() has passed."""
+    saved_model = version_to_load(saved_model)
     try:
         model = tf.saved_model.load(saved_model)
     except (OSError, ValueError, tf.errors.OpError) as error:  # a damaged saved_model.pb
