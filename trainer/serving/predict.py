@@ -1,9 +1,10 @@
 """Predictions of an exported SavedModel on image files: listed, read, batched, described.
 
 Input: face crops like Adience's aligned faces (one face, roughly centred and upright, any
-size, JPEG/PNG/BMP/GIF). A folder stands for the files in it (sorted, not recursive). Each file
-is checked on its own before it joins a batch: one undecodable string fails a whole call of
-the SavedModel.
+size, JPEG/PNG/BMP/GIF); or, with a face detector, whole photos, each face found aligned as
+those are (trainer/serving/faces.py) and predicted on its own. A folder stands for the files in
+it (sorted, not recursive). Each file is checked on its own before it joins a batch: one
+undecodable string fails a whole call of the SavedModel.
 """
 
 import os
@@ -11,11 +12,13 @@ import os
 import tensorflow as tf
 
 from launch import entry
+from trainer.serving import faces
 from trainer.serving import saved_model as saved_model_lib
 
 TOP = 3  # classes shown per image
 SIGNATURE = saved_model_lib.BYTES_SIGNATURE
 NO_IMAGES = "no images in this folder"
+NO_FACE = "no face found"
 
 
 def version_to_load(saved_model):
@@ -87,30 +90,52 @@ def read_image(path):
         return None, f"not a readable image ({reason})"
 
 
-def predict(serve, class_names, listed, images_per_call):
-    """Yields one result dict per entry of image_files(), in order: a prediction or an error."""
+def predict(serve, class_names, listed, images_per_call, detector=None):
+    """Yields one result dict per entry of image_files(), in order: a prediction or an error.
+    With a faces.Detector, each file is a whole photo: one prediction per face found in it (its
+    place in the photo added), or an error when there is none."""
     pending = []
 
     def flush():
         outputs = serve(image_bytes=tf.constant([encoded for _, encoded in pending]))
-        for (path, _), probabilities in zip(pending, outputs["probabilities"].numpy()):
+        for (about, _), probabilities in zip(pending, outputs["probabilities"].numpy()):
             ranked = probabilities.argsort()[::-1][:TOP]
-            yield {"file": path, "label": class_names[ranked[0]],
+            yield {**about, "label": class_names[ranked[0]],
                    "probability": float(probabilities[ranked[0]]),
                    "top": [[class_names[i], float(probabilities[i])] for i in ranked]}
         pending.clear()
 
     for path, error in listed:
-        encoded, error = (None, error) if error else read_image(path)
+        inputs, error = (None, error) if error else _inputs(path, detector)
         if error:
             yield from flush() if pending else ()
             yield {"file": path, "error": error}
             continue
-        pending.append((path, encoded))
-        if len(pending) == images_per_call:
-            yield from flush()
+        for item in inputs:
+            pending.append(item)
+            if len(pending) == images_per_call:
+                yield from flush()
     if pending:
         yield from flush()
+
+
+def _inputs(path, detector):
+    """([(what a result says of an image, its encoded bytes)], None) for the file at `path`: the
+    file itself, or each face found in it; or (None, why not)."""
+    if detector is None:
+        encoded, error = read_image(path)
+        return (None, error) if error else ([({"file": path}, encoded)], None)
+    try:
+        with open(path, "rb") as f:
+            found = detector.find(f.read())
+    except OSError as error:
+        return None, error.strerror or str(error)
+    except faces.PhotoError as error:
+        return None, str(error)
+    if not found:
+        return None, NO_FACE
+    return [({"file": path, "face": number, "faces": len(found), **face.description()},
+             faces.encode(face.crop)) for number, face in enumerate(found, 1)], None
 
 
 def describe(result):
@@ -118,4 +143,17 @@ def describe(result):
     if "error" in result:
         return f"{result['file']}: error: {result['error']}"
     top = ", ".join(f"{label} {p:.2f}" for label, p in result["top"])
-    return f"{result['file']}: {result['label']} ({result['probability']:.2f}); top {TOP}: {top}"
+    return (f"{result['file']}:{_place(result)} {result['label']} "
+            f"({result['probability']:.2f}); top {TOP}: {top}")
+
+
+def _place(result):
+    """A face's place in its text line (" face 1 of 2 (box X,Y WxH; left_eye X,Y, ...):"), or ""
+    for a whole image."""
+    if "face" not in result:
+        return ""
+    x, y, width, height = result["box"]
+    points = ", ".join(f"{name} {px:.0f},{py:.0f}" for name, (px, py) in
+                       result["landmarks"].items())
+    return (f" face {result['face']} of {result['faces']} (box {x:.0f},{y:.0f} "
+            f"{width:.0f}x{height:.0f}; {points}):")
