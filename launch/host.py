@@ -13,10 +13,16 @@ is therefore bound to its own cores and runs one inter-op thread, the way `mpiru
 core` runs CPU jobs. On a 2-core machine this took Levi & Hassner under `horovodrun -np 2`
 from 0.79-0.84x to 0.92-0.93x of one process's images/s (README). With GPUs the cores only
 feed them: nothing is bound.
+
+The tasks of an srun step of several know their place from SLURM's variables (SLURM_PROCID,
+SLURM_LOCALID and the step's layout): `configure_threads` first writes the TF_CONFIG those imply
+(launch.slurm), from which this process's share of the host and the strategy's cluster follow.
 """
 
 import json
 import os
+
+from launch import slurm
 
 # Low, so that the cores go to the intra-op pool that runs the convolutions; two rather than one
 # so that a collective op that blocks waiting for its peers never starves the ops it waits on.
@@ -42,34 +48,41 @@ def available_cores():
 def processes_on_this_host(environ=None):
     """The number of this job's processes on this host, from what the launcher set.
 
-    Horovod and MPI launchers say it directly; with `TF_CONFIG`, it is the number of tasks whose
-    address has this task's host. A process started by hand is alone.
+    Horovod and MPI launchers say it directly; with `TF_CONFIG` (or an srun step, which implies
+    one), it is the number of tasks whose address has this task's host. A process started by
+    hand is alone.
     """
     environ = os.environ if environ is None else environ
     for name in _LOCAL_SIZE_VARIABLES:
         if environ.get(name):
             return int(environ[name])
-    if environ.get("TF_CONFIG"):
-        return _tasks_on_my_host(json.loads(environ["TF_CONFIG"]))
-    return 1
+    tf_config = _tf_config(environ)
+    return _tasks_on_my_host(tf_config) if tf_config else 1
 
 
 def local_rank(environ=None):
     """This process's index among the job's processes on this host; None if no launcher said.
 
     With `TF_CONFIG`, the position of this task's address among the addresses on its host, in
-    the order of the cluster (the same order in every task's copy).
+    the order of the cluster (the same order in every task's copy); in an srun step, that is
+    SLURM_LOCALID (launch.slurm checks that they agree).
     """
     environ = os.environ if environ is None else environ
     for name in _LOCAL_RANK_VARIABLES:
         if environ.get(name):
             return int(environ[name])
-    if environ.get("TF_CONFIG"):
-        tf_config = json.loads(environ["TF_CONFIG"])
-        if tf_config.get("task"):
-            mine, on_my_host = _my_address_and_neighbours(tf_config)
-            return on_my_host.index(mine)
+    tf_config = _tf_config(environ)
+    if tf_config and tf_config.get("task"):
+        mine, on_my_host = _my_address_and_neighbours(tf_config)
+        return on_my_host.index(mine)
     return None
+
+
+def _tf_config(environ):
+    """The job's TF_CONFIG: the one given, else the one an srun step implies; None."""
+    if environ.get("TF_CONFIG"):
+        return json.loads(environ["TF_CONFIG"])
+    return slurm.tf_config(environ)
 
 
 def _tasks_on_my_host(tf_config):
@@ -115,6 +128,8 @@ def bind(cores):
 def configure_threads(processes=None):
     """Sizes TensorFlow's thread pools for this process's share of the host, and binds the
     process to its own cores when it is one of several ranks computing on this host's CPU.
+    In a task of an srun step of several, first writes the step's TF_CONFIG into the
+    environment (launch.slurm.export_tf_config), where the strategy finds its cluster.
 
     Args:
       processes: how many processes share the host; by default what the launcher says. Given
@@ -126,9 +141,11 @@ def configure_threads(processes=None):
 
     Raises:
       RuntimeError: TensorFlow already ran an op, so its pools can no longer be sized.
+      launch.entry.UserError: srun's variables do not describe a step the workers can form.
     """
     import tensorflow as tf  # here, so that the counting above works without TensorFlow
 
+    slurm.export_tf_config()
     rank = None if processes else local_rank()
     processes = processes or processes_on_this_host()
     cpus = sorted(os.sched_getaffinity(0))

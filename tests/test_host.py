@@ -40,6 +40,19 @@ def test_tf_config_local_rank_is_the_place_among_this_hosts_tasks():
     assert host.local_rank({"TF_CONFIG": json.dumps(tf_config)}) == 0
 
 
+def test_an_srun_task_knows_its_place_on_its_node():
+    # A step of 2 nodes, 3 tasks on the first (whose third task this is) and 1 on the second.
+    task = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4",
+            "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_STEP_TASKS_PER_NODE": "3,1",
+            "SLURM_PROCID": "2", "SLURM_LOCALID": "2", "SLURMD_NODENAME": "node1"}
+    assert host.processes_on_this_host(task) == 3 and host.local_rank(task) == 2
+    last = dict(task, SLURM_PROCID="3", SLURM_LOCALID="0", SLURMD_NODENAME="node2")
+    assert host.processes_on_this_host(last) == 1 and host.local_rank(last) == 0
+    # The batch script itself (and a process inside salloc) is alone, with no rank.
+    batch = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    assert host.processes_on_this_host(batch) == 1 and host.local_rank(batch) is None
+
+
 @pytest.mark.parametrize("cores, processes, rank, own", [
     ([0, 1], 2, 0, [0]), ([0, 1], 2, 1, [1]), (list(range(8)), 2, 1, [4, 5, 6, 7]),
     ([0, 1], 3, 2, [0]), ([2, 3, 6, 7], 2, 1, [6, 7]), ([5], 2, 1, [5])])

@@ -1,6 +1,7 @@
 """Serving: a trained job as a SavedModel that takes image bytes, and predictions with it.
 
     saved_model.py  the served module and its export (the work of `python -m trainer.export`)
+    litert.py       its LiteRT model, checked against it (`python -m trainer.export --litert`)
     predict.py      image files in, one prediction per file out (`python -m trainer.predict`)
 
 It builds on the core (trainer.checkpoint, input.images); the core never imports it.
