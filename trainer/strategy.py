@@ -38,6 +38,8 @@ import signal
 import keras
 import tensorflow as tf
 
+from launch import slurm
+
 from trainer.models import replicas
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "horovod")
@@ -50,8 +52,10 @@ BATCH_NORMS = ("sync", "local")
 def pick_strategy(environ=None):
     """What `--strategy=auto` means here: the launcher's choice, else the devices'."""
     environ = os.environ if environ is None else environ
-    if "HOROVOD_RANK" in environ:
+    if "HOROVOD_RANK" in environ:  # first: horovodrun's ranks inherit a SLURM job's variables
         return "horovod"
+    if slurm.in_step_of_several_tasks(environ):  # its TF_CONFIG: host.configure_threads
+        return "multi_worker"
     if environ.get("TF_CONFIG"):
         cluster = json.loads(environ["TF_CONFIG"]).get("cluster", {})
         if sum(len(tasks) for tasks in cluster.values()) > 1:
