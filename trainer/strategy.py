@@ -208,11 +208,11 @@ class TFDistributeBackend:
     def replica_layers(self, batch_norm):
         """The models' batch-norm and dropout layers (trainer.models.replicas): Keras' own
         synchronized batch norm when `batch_norm` is "sync" over several replicas."""
-        synchronized = batch_norm == "sync" and self.num_replicas > 1
-        return replicas.ReplicaLayers(
-            batch_norm=functools.partial(keras.layers.BatchNormalization,
-                                         synchronized=synchronized),
-            replica_id=_replica_id_in_sync_group)
+        layers = replicas.ReplicaLayers(replica_id=_replica_id_in_sync_group)
+        if batch_norm == "sync" and self.num_replicas > 1:
+            layers = dataclasses.replace(layers, batch_norm=functools.partial(
+                keras.layers.BatchNormalization, synchronized=True))
+        return layers
 
     def average_across_replicas(self, variables):
         """Sets `variables` on every replica to their mean over the replicas; call it in a
