@@ -4,8 +4,11 @@
   python -m input.build --adience_dir /tmp/synthetic --out_dir /tmp/records --protocol=split \
       --format=raw --workers=2
 
-Reads the fold files (`input.adience`), splits by subject (`input.splits`), and writes
-`--shards` files per split with `--workers` processes (`input.shards`). A re-run with the same
+Reads the fold files (`input.adience`), splits by subject (`input.splits`), puts each split's
+examples in an order drawn from --seed (as TensorFlow's own ImageNet build script does: the
+fold files list faces album by album, and a training shuffle buffer far smaller than a split
+could not undo that), and writes `--shards` files per split with `--workers` processes
+(`input.shards`). The same settings and seed give the same bytes. A re-run with the same
 settings skips the shards already complete, so an interrupted build is resumed, not restarted.
 
 --out_dir is a new or empty folder, or an earlier build of the same settings; the build deletes
@@ -23,6 +26,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import random
 import re
 import sys
 import threading
@@ -39,6 +43,9 @@ from launch import entry
 from launch import host
 
 MANIFEST_VERSION = 2  # 2: each shard's "bytes" and the manifest's "pixel_sums_sha256"
+# settings["example_order"]: each split's examples shuffled with settings["seed"]. Builds
+# that kept the fold files' order have no such key, so a re-run of one is refused, not mixed.
+EXAMPLE_ORDER = "shuffled by seed"
 SHARDS_PER_SPLIT = 8  # enough files for 8 input pipelines reading one held-out fold
 JPEG_QUALITY = 95
 PROGRESS_SECONDS = 2.0
@@ -61,7 +68,9 @@ def _define_flags():
     flags.DEFINE_enum("layout", "aligned", adience.LAYOUTS, "Which image layout to read.")
     flags.DEFINE_enum("protocol", "folds", splits.PROTOCOLS,
                       "folds: the paper's 5 folds; split: 60/20/20 by user_id, seeded.")
-    flags.DEFINE_integer("seed", 0, "Seed of the 60/20/20 split.")
+    flags.DEFINE_integer("seed", 0, "Seed of the examples' order in each split's files (both "
+                         "protocols) and of the 60/20/20 split; kept in the manifest's "
+                         "settings.")
     flags.DEFINE_integer("shards", SHARDS_PER_SPLIT, "Shard files per split.", lower_bound=1)
     flags.DEFINE_integer("workers", host.available_cores(), "Writer processes.", lower_bound=1)
     flags.DEFINE_enum("format", "jpeg", schema.FORMATS, "jpeg, or raw decoded pixels (no decode).")
@@ -103,7 +112,8 @@ def build(adience_dir, out_dir, task="age", age_rule="paper", layout="aligned",
     split_examples, report = _read_splits(adience_dir, task, age_rule, layout, strict,
                                           protocol, seed)
     settings = {"task": task, "age_labels": age_rule, "layout": layout, "protocol": protocol,
-                "seed": seed, "shards_per_split": shards_per_split, "format": image_format,
+                "seed": seed, "example_order": EXAMPLE_ORDER,
+                "shards_per_split": shards_per_split, "format": image_format,
                 "image_size": image_size, "jpeg_quality": jpeg_quality,
                 "source": os.path.abspath(adience_dir), "source_sha256": _fold_files_sha256(
                     adience_dir)}
@@ -143,9 +153,16 @@ def _read_splits(adience_dir, task, age_rule, layout, strict, protocol, seed):
             first = f"; first problem: {report.problems[0]}" if report.problems else ""
             raise BuildError(f"no usable example in {adience_dir} (task {task}, {age_rule} age "
                              f"labels, {layout} layout): {report.summary_lines()[0]}{first}")
-        return splits.make_splits(examples, protocol, seed), report
+        return _shuffled(splits.make_splits(examples, protocol, seed), seed), report
     except (FileNotFoundError, ValueError) as error:  # a fold file, a subject in two splits;
         raise BuildError(str(error)) from None  # with --strict, the first bad row
+
+
+def _shuffled(split_examples, seed):
+    """Each split's examples in an order drawn from (seed, split name): neither albums nor
+    labels follow each other in the files, and a split's order does not depend on the others."""
+    return {name: random.Random(f"{seed}/{name}").sample(examples, len(examples))
+            for name, examples in split_examples.items()}
 
 
 def _output_names(jobs):

@@ -23,6 +23,22 @@ VERIFY = "python -m input.verify"
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineShare:
+    """One input pipeline's part of some splits: every `stride`-th record, from the
+    `offset`-th, of the joint stream of `shards` (manifest entries, read in this order);
+    stride 1 keeps them all. `examples` is how many records that is."""
+    shards: tuple
+    stride: int
+    offset: int
+    examples: int
+
+    @property
+    def by_example(self):
+        """Whether the pipeline shares its files with the others and keeps only its records."""
+        return self.stride > 1
+
+
+@dataclasses.dataclass(frozen=True)
 class Records:
     path: str
     manifest: dict
@@ -59,16 +75,22 @@ class Records:
     def examples(self, split_names):
         return sum(shard["examples"] for shard in self.shards(split_names))
 
-    def pipeline_shards(self, split_names, num_pipelines, pipeline_index):
-        """This pipeline's shards: every num_pipelines-th file of the sorted list, before any
-        shuffle, so that pipelines never read the same file."""
+    def pipeline_share(self, split_names, num_pipelines, pipeline_index):
+        """What one of `num_pipelines` input pipelines reads of these splits (a PipelineShare).
+
+        With at least as many files as pipelines, every num_pipelines-th file of the sorted
+        list, before any shuffle, so that pipelines never read the same file. With fewer files,
+        every pipeline reads them all and keeps every num_pipelines-th record of their joint
+        stream (each record is read num_pipelines times). Either way the shares are disjoint,
+        cover every record, and their sizes are known from the manifest before any reading.
+        """
         all_shards = self.shards(split_names)
-        if len(all_shards) < num_pipelines:
-            raise entry.UserError(
-                f"{self.path}: {len(all_shards)} shard files of {', '.join(split_names)} for "
-                f"{num_pipelines} input pipelines: rebuild the records with --shards of at "
-                f"least {num_pipelines}")
-        return all_shards[pipeline_index::num_pipelines]
+        if len(all_shards) >= num_pipelines:
+            mine = all_shards[pipeline_index::num_pipelines]
+            return PipelineShare(tuple(mine), 1, 0, sum(s["examples"] for s in mine))
+        total = sum(s["examples"] for s in all_shards)
+        kept = len(range(pipeline_index, total, num_pipelines))
+        return PipelineShare(tuple(all_shards), num_pipelines, pipeline_index, kept)
 
     def protocol_splits(self, held_out_fold=0):
         """(training splits, evaluation splits).

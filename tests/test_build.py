@@ -93,6 +93,26 @@ def test_records_match_the_manifest_and_the_fold_files(synthetic_tree, records):
     assert verify.verify(str(records)) == []
 
 
+def _sources(records_dir, shard):
+    return [_feature(r, "source").decode() for r in _read_all(records_dir / shard["file"])]
+
+
+def test_each_split_is_written_in_an_order_drawn_from_the_seed(synthetic_tree, records,
+                                                              tmp_path):
+    manifest = _manifest(records)
+    assert manifest["settings"]["seed"] == 0
+    assert manifest["settings"]["example_order"] == build.EXAMPLE_ORDER
+    other = build.build(str(synthetic_tree), str(tmp_path), seed=1, shards_per_split=2,
+                        workers=1, image_size=8, image_format="raw")
+    for split, summary in manifest["splits"].items():
+        mine = [_sources(records, shard) for shard in summary["shards"]]
+        for lines in mine:  # not in the fold file's order, which lists albums one by one
+            assert lines != sorted(lines, key=lambda source: int(source.split(":")[1]))
+        theirs = [_sources(tmp_path, shard) for shard in other["splits"][split]["shards"]]
+        assert sorted(sum(theirs, [])) == sorted(sum(mine, []))  # the same examples
+        assert theirs != mine  # dealt in another order
+
+
 def test_the_manifest_records_each_shards_size_and_the_pixel_sums_checksum(records):
     manifest = _manifest(records)
     assert manifest["version"] == build.MANIFEST_VERSION == 2
