@@ -25,6 +25,7 @@ removes what a killed one left.
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import re
@@ -52,11 +53,12 @@ class Classifier(tf.Module):
 
     def __init__(self, model, class_names, record_size, crop_size, crops, metadata):
         super().__init__(name="agenet")
-        self.model = model
         # TensorFlow's session loader (saved_model_cli run, TF Serving) and the TFLite
         # converter look for the variables a function reads among the tf.Variables the module
         # tracks; Keras 3 wraps them, so they are tracked here as Keras' ExportArchive does.
+        # The Keras model itself is not tracked: its wrappers would save every weight twice.
         self.tf_variables = [variable.value for variable in model.variables]
+        self._run_model = functools.partial(model, training=False)
         self.class_names = tf.Variable(class_names, trainable=False, name="class_names")
         self.metadata = tf.Variable(json.dumps(metadata, sort_keys=True), trainable=False,
                                     name="metadata")
@@ -79,7 +81,7 @@ class Classifier(tf.Module):
     def _classify(self, pixels):
         """Record-sized images -> the outputs of both signatures, as evaluation computes them."""
         windows, offsets, flips = self._crops_of(pixels)
-        logits = self.model(batch.make_inputs(windows, offsets, flips), training=False)
+        logits = self._run_model(batch.make_inputs(windows, offsets, flips))
         logits = tf.reshape(tf.cast(logits, tf.float32), [-1, self._crops, logits.shape[-1]])
         # As in evaluation (trainer.metrics): the crops' probabilities, averaged.
         probabilities = tf.reduce_mean(tf.nn.softmax(logits), axis=1)
@@ -92,8 +94,8 @@ class Classifier(tf.Module):
         with their offsets and flips: evaluation's center crop or ten crops (input.images).
 
         Every image has the records' size, so every image is cut at the same places, known when
-        the graph is built: whole-batch slices and fixed flips, which LiteRT runs (a flip
-        chosen at run time, a uint8 tf.where, has no LiteRT kernel)."""
+        the graph is built: whole-batch slices and fixed flips, which convert to LiteRT ops
+        (input.images.ten_crops flips with a uint8 tf.where, which the converter cannot lower)."""
         size = self._crop_size
         shape_only = tf.zeros([self._record_size, self._record_size, 3], tf.uint8)
         if self._crops == 1:
