@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import TINY_CROP_SIZE, json_lines, run, train
 from trainer.serving import faces
@@ -100,6 +100,20 @@ def test_boxes_and_landmarks_are_in_the_photos_own_pixels(detector, astronaut):
                 2 * small.box[3])
     assert overlap(large.box, expected) > 0.8
     assert large.crop.shape[0] == round(faces.ALIGNED_MARGIN * large.box[3])
+
+
+def test_a_face_larger_than_the_aligned_square_is_shrunk_into_it():
+    # A disc of diameter 600 in a 4000-pixel photo, boxed 1600 high: a square of 3520 pixels
+    # of the photo, shrunk to ALIGNED_SIDE; what lies beyond the photo's edge is black.
+    photo = Image.new("RGB", (4000, 4000), (90, 90, 90))
+    ImageDraw.Draw(photo).ellipse((3000, 1700, 3600, 2300), fill=(255, 255, 255))
+    eyes = {"left_eye": (3100, 1900), "right_eye": (3500, 1900)}
+    square = faces.align(np.asarray(photo), (2500, 1200, 1600, 1600), eyes)
+    side = faces.ALIGNED_SIDE
+    assert square.shape == (side, side, 3)
+    white_row = (square[side // 2, :, 0] > 200).sum()
+    assert abs(white_row - 600 / (faces.ALIGNED_MARGIN * 1600) * side) < 3
+    assert (square[:, -1] == 0).all() and (square[side // 2, side // 2] == 255).all()
 
 
 def test_a_sideways_photo_is_turned_upright_by_its_exif_orientation(astronaut):
