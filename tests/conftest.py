@@ -192,6 +192,20 @@ def records(synthetic_tree, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_export(python, records, tmp_path_factory):
+    """A SavedModel version folder (holding saved_model.pb) of the tiny model trained 3 steps
+    on `records`: one export for every test that serves or predicts from one."""
+    model_dir = tmp_path_factory.mktemp("tiny_job")
+    train(python, model_dir, records, "--model=tiny", f"--crop_size={TINY_CROP_SIZE}",
+          "--batch_size=16", "--learning_rate=0.05", "--steps=3")
+    export_dir = tmp_path_factory.mktemp("tiny_export") / "agenet"
+    result = run([python, "-m", "trainer.export", f"--model_dir={model_dir}",
+                  f"--export_dir={export_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next(export_dir.rglob("saved_model.pb")).parent
+
+
 def assert_error_line(result, *needles, exit_code=2):
     """A user's mistake or a fault as users must see it: `exit_code`, exactly one stderr line
     starting with "error:" (TensorFlow's start-up lines may precede it) that holds every

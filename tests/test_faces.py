@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from conftest import TINY_CROP_SIZE, json_lines, run, train
+from conftest import json_lines, run
 from trainer.serving import faces
 from trainer.serving import predict as serving
 
@@ -36,16 +36,8 @@ def astronaut():
 
 
 @pytest.fixture(scope="module")
-def exported(python, records, tmp_path_factory):
-    """A SavedModel of a tiny model trained 3 steps: the folder holding saved_model.pb."""
-    model_dir = tmp_path_factory.mktemp("job")
-    train(python, model_dir, records, "--model=tiny", f"--crop_size={TINY_CROP_SIZE}",
-          "--batch_size=16", "--learning_rate=0.05", "--steps=3")
-    export_dir = tmp_path_factory.mktemp("export") / "export"
-    result = run([python, "-m", "trainer.export", f"--model_dir={model_dir}",
-                  f"--export_dir={export_dir}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return next(export_dir.rglob("saved_model.pb")).parent
+def exported(tiny_export):
+    return tiny_export
 
 
 def overlap(a, b):
