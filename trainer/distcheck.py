@@ -1,173 +1,257 @@
 """Checks that distributed training computes exactly what one device computes.
 
-Trains a tiny Keras model for a few steps on a fixed global batch that is split across the
-replicas, through the same strategy operations the trainer uses (replica loss, gradient
-reduction, variable sync), and compares the weights with a plain single-device run on the whole
-global batch, in the same process. Run it on a new machine or cluster before a long job:
+Runs the trainer's own training step (trainer.loop.prepare and loop.train_step: the real model
+with its batch norm, the L2 term, the learning-rate multipliers, loss scaling under float16)
+for a few steps on fixed global batches split across the replicas, and the same step on one
+device on the whole global batches, in the same process; then compares the weights, the
+batch-norm moving statistics and the optimizer state. Run it on a new machine or cluster before
+a long job:
 
   horovodrun --gloo -np 2 -H localhost:2 python -m trainer.distcheck --strategy=horovod
   python -m trainer.distcheck --strategy=mirrored --logical_cpus=2
+  python -m trainer.distcheck --strategy=mirrored --model=levi_hassner --recipe=paper
 
-Exit code 0 when every replica's weights match the single-device run within --tolerance, 1
-otherwise. --inject deliberately makes one of the known distribution mistakes, to see that the
-check catches it.
+Both sides see the same pre-made batches (each input pipeline crops differently) and no dropout
+(each replica draws its own masks). With --batch_norm=local each replica normalises its own
+slice, which one device on the whole batch does not: the one-device side then normalises each
+replica's slice of the batch over itself, and the replicas' moving statistics are averaged
+first, as the trainer does before every evaluation and checkpoint.
+
+Exit code 0 when every compared value matches one device within --tolerance (relative:
+|a - b| / (1 + |b|)), 1 otherwise, 2 on a bad flag. --inject makes one known distribution
+mistake on purpose, to see that the check catches it.
 """
 
+import dataclasses
+import functools
 import json
 import os
 
 from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
 
+from input import batch as batch_lib
 from launch import entry
-from launch import host
+from trainer import cli
+from trainer import loop
+from trainer import models
+from trainer import recipes
 from trainer import strategy
+from trainer.models import replicas
 
-INJECTIONS = ("none", "no_reduction", "replica_mean_loss", "extra_sum_allreduce")
-IMAGE_SHAPE = (8, 8, 3)
-NUM_CLASSES = 8
+INJECTIONS = ("none", "no_reduction", "replica_mean_loss", "extra_sum_allreduce",
+              "unsynced_batch_norm")
+# Small enough that every model checks in seconds; MobileNetV2's backbone needs 32.
+CROP_SIZE = 32
+# Float16 forward passes round differently on a slice and on the whole batch: levi_hassner_bn
+# agreed within 1.1e-4 under mixed_float16 (2.5e-4 under mixed_bfloat16), and a doubled
+# update differed by 5.5e-3.
+TOLERANCES = {"fp32": 1e-5, "mixed_float16": 1e-3, "mixed_bfloat16": 1e-3}
 
-flags.DEFINE_enum("strategy", "auto", strategy.STRATEGIES, "How training is distributed.")
-flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many devices (mirrored).",
-                     lower_bound=0)
-flags.DEFINE_integer("steps", 5, "Training steps.", lower_bound=1)
-flags.DEFINE_integer("global_batch_size", 16, "Examples per step over all replicas.",
-                     lower_bound=1)
-flags.DEFINE_float("learning_rate", 0.1, "SGD learning rate (momentum 0.9).")
-flags.DEFINE_integer("seed", 0, "Seed of the data and the initial weights.")
-flags.DEFINE_float("tolerance", 1e-5, "Largest weight difference that counts as agreement.")
+cli.define_flags("strategy", "logical_cpus", "batch_size")
+flags.DEFINE_enum("model", "levi_hassner_bn", models.names(), "The network.")
+flags.DEFINE_enum("recipe", "modern", sorted(recipes.RECIPES), "The solver (paper: with the "
+                  "model's learning-rate multipliers).")
+flags.DEFINE_enum("precision", "fp32", sorted(loop.PRECISIONS), "mixed_float16 adds loss "
+                  "scaling.")
+flags.DEFINE_enum("batch_norm", "sync", strategy.BATCH_NORMS, "As the trainer's flag.")
+flags.DEFINE_integer("crop_size", CROP_SIZE, "Side of the images.", lower_bound=1)
+flags.DEFINE_integer("steps", 3, "Training steps.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the batches and the initial weights.")
+flags.DEFINE_float("tolerance", None, "Largest relative difference that counts as agreement "
+                   "(default: 1e-5 in fp32, 1e-3 under mixed precision).", lower_bound=0.0)
 flags.DEFINE_enum("inject", "none", INJECTIONS, "Make one known mistake on purpose.")
-flags.DEFINE_string("out_dir", None, "Write each process's weights here as weights-<i>.npz.")
+flags.DEFINE_string("out_dir", None, "Write each process's model weights here as "
+                    "weights-<process>.npz.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    threads = host.configure_threads()
+    threads = cli.start_process()
     backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
-    result = check(backend, steps=FLAGS.steps, global_batch_size=FLAGS.global_batch_size,
-                   learning_rate=FLAGS.learning_rate, seed=FLAGS.seed, inject=FLAGS.inject)
-    result.update(threads=threads, tolerance=FLAGS.tolerance,
-                  agree=result["max_abs_difference"] <= FLAGS.tolerance)
+    config = loop.TrainConfig(
+        model_dir=None, records=None, data="synthetic",  # nothing is read or written
+        recipe=recipes.resolve(FLAGS.recipe, dropout=0.0), model=FLAGS.model,
+        steps=FLAGS.steps, crop_size=FLAGS.crop_size, precision=FLAGS.precision,
+        seed=FLAGS.seed, batch_norm=FLAGS.batch_norm, global_batch_size=FLAGS.batch_size)
+    result = check(backend, config, FLAGS.inject)
+    tolerance = TOLERANCES[FLAGS.precision] if FLAGS.tolerance is None else FLAGS.tolerance
+    result.update(threads=threads, tolerance=tolerance,
+                  agree=max(result["differences"].values()) <= tolerance)
+    weights = result.pop("weights")
     if FLAGS.out_dir:
-        _write_weights(FLAGS.out_dir, backend.process_index, result.pop("weights"))
-    else:
-        result.pop("weights")
+        _write_weights(FLAGS.out_dir, backend.process_index, weights)
     print(_summary(result), flush=True)
     print(json.dumps(result), flush=True)
     return 0 if result["agree"] else 1
 
 
 def _summary(result):
-    verdict = "AGREE" if result["agree"] else "DISAGREE"
+    differences = ", ".join(f"{name} {value:.1e}" for name, value in
+                            result["differences"].items())
     return (f"process {result['process']} of {result['processes']} ({result['strategy']}, "
-            f"{result['replicas']} replicas, inject={result['inject']}, "
-            f"{result['threads']['intra_op']} intra-op threads): weights vs one device on the "
-            f"global batch: max |difference| {result['max_abs_difference']:.2e}, tolerance "
-            f"{result['tolerance']:.0e}: {verdict}")
+            f"{result['replicas']} replicas, {result['model']}, {result['recipe']} recipe, "
+            f"{result['precision']}, batch norm {result['batch_norm']}, inject="
+            f"{result['inject']}, {result['threads']['intra_op']} intra-op threads): after "
+            f"{result['steps']} steps vs one device on the global batch of "
+            f"{result['global_batch_size']}, largest relative difference: {differences}; "
+            f"tolerance {result['tolerance']:.0e}: "
+            f"{'AGREE' if result['agree'] else 'DISAGREE'}")
 
 
-def check(backend, steps, global_batch_size, learning_rate, seed, inject="none"):
-    """Trains under `backend` and on one device; returns the losses and the weights' distance."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
+def check(backend, config, inject="none"):
+    """Trains `config`'s job under `backend` and on one device from the same weights, on the
+    same batches; returns what was run, the losses and the largest differences."""
+    job = loop.prepare(_with_mistake(config, inject), _with_mistake(backend, inject))
+    backend.sync_variables(job.model.variables + job.optimizer.variables)
+    # The same global batch, hence the same learning rate, on the one device.
+    reference = loop.prepare(dataclasses.replace(config, global_batch_size=job.plan[
+        "global_batch_size"]), _one_device_like(backend, config.batch_norm))
+    reference.model.set_weights(job.model.get_weights())
+    for mine, theirs in zip(reference.optimizer.variables, job.optimizer.variables):
+        mine.assign(theirs)
 
-    if global_batch_size % backend.num_replicas:
-        raise entry.UserError(f"--global_batch_size={global_batch_size} does not split over "
-                              f"{backend.num_replicas} replicas")
-    images, labels = _global_batches(steps, global_batch_size, seed)
-    keras.utils.set_random_seed(seed)
-    with backend.scope():
-        model, optimizer = _model(), keras.optimizers.SGD(learning_rate, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-    backend.sync_variables(model.variables + optimizer.variables)
-    reference, reference_optimizer = _model(), keras.optimizers.SGD(learning_rate, momentum=0.9)
-    reference.set_weights(model.get_weights())
-
-    train_step = tf.function(_replica_train_step(backend, model, optimizer, global_batch_size,
-                                                 inject))
-    per_replica = global_batch_size // backend.num_replicas
+    plan = job.plan
+    if inject == "replica_mean_loss":  # the step divides by this replica's batch
+        job = dataclasses.replace(job, plan={**plan,
+                                             "global_batch_size": plan["per_replica_batch_size"]})
+    run_step, run_reference = loop.train_step(job), loop.train_step(reference)
     losses, reference_losses = [], []
-    for step in range(steps):
-        def shard(replica_id, step=step):
-            rows = slice(replica_id * per_replica, (replica_id + 1) * per_replica)
-            return tf.constant(images[step, rows]), tf.constant(labels[step, rows])
-        losses.append(float(backend.sum(backend.run(train_step, backend.distribute_values(
-            shard)))))
-        reference_losses.append(float(_reference_step(reference, reference_optimizer,
-                                                      images[step], labels[step])))
-    weights = [np.asarray(w) for w in model.get_weights()]
-    difference = max(float(np.max(np.abs(w - r))) for w, r in zip(weights,
-                                                                 reference.get_weights()))
+    for batch in _global_batches(config, job.info.num_classes, plan["global_batch_size"]):
+        split = _split(backend, batch, plan["per_replica_batch_size"])
+        losses.append(float(run_step(split)["loss"]))
+        whole = _split(reference.backend, batch, plan["global_batch_size"])
+        reference_losses.append(float(run_reference(whole)["loss"]))
+    if config.batch_norm == "local" and inject != "unsynced_batch_norm":
+        _average_moving_statistics(job)  # as the trainer before an evaluation or checkpoint
+    return {**_describe(backend, config, job, inject), "global_batch_size":
+            plan["global_batch_size"], "losses": losses,
+            "reference_losses": reference_losses, "differences": _differences(job, reference),
+            "weights": [np.asarray(w) for w in job.model.get_weights()]}
+
+
+def _describe(backend, config, job, inject):
+    """What was checked: the distribution, and which parts of the step were on."""
+    family = models.get(config.model)
+    multipliers = family.lr_multipliers(job.model) if config.recipe.lr_multipliers else {}
     return {"strategy": backend.name, "process": backend.process_index,
             "processes": backend.num_processes, "replicas": backend.num_replicas,
-            "inject": inject, "losses": losses, "reference_losses": reference_losses,
-            "max_abs_difference": difference, "weights": weights}
+            "model": config.model, "recipe": config.recipe.name, "precision": config.precision,
+            "batch_norm": config.batch_norm, "inject": inject, "steps": config.steps,
+            "batch_norm_layers": len(models.moving_statistics(job.model)) // 2,
+            "lr_multipliers": sum(m != 1 for m in multipliers.values()),
+            "loss_scaling": isinstance(job.optimizer, keras.optimizers.LossScaleOptimizer)}
 
 
-def _replica_train_step(backend, model, optimizer, global_batch_size, inject):
-    import keras
-    import tensorflow as tf
+def _differences(job, reference):
+    """The largest relative difference of each kind of state."""
+    def largest(values, reference_values):
+        return max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b))
+                                 / (1 + np.abs(np.asarray(b)))))
+                    for a, b in zip(values, reference_values)), default=0.0)
 
-    from trainer import strategy
-
-    def step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                       from_logits=True)
-            if inject == "replica_mean_loss":
-                loss = tf.reduce_mean(per_example)
-            else:
-                loss = strategy.replica_loss(per_example, global_batch_size)
-        grads = tape.gradient(loss, model.trainable_variables)
-        if inject != "no_reduction":
-            grads = backend.reduce_gradients(grads)
-        if inject == "extra_sum_allreduce":
-            grads = backend.all_reduce_sum(grads)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return step
+    return {"weights": largest(job.model.trainable_variables,
+                               reference.model.trainable_variables),
+            "moving_statistics": largest(models.moving_statistics(job.model),
+                                         models.moving_statistics(reference.model)),
+            "optimizer": largest(job.optimizer.variables, reference.optimizer.variables)}
 
 
-def _reference_step(model, optimizer, images, labels):
-    """What one device computes on the whole global batch: the oracle, written independently."""
-    import keras
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        logits = model(images, training=True)
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                  model.trainable_variables))
-    return loss
-
-
-def _model():
-    import keras
-
-    return keras.Sequential([
-        keras.Input(IMAGE_SHAPE),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(NUM_CLASSES),
-    ])
+def _with_mistake(thing, inject):
+    """The config or the backend of the distributed side, with the injected mistake."""
+    if isinstance(thing, loop.TrainConfig):
+        if inject == "unsynced_batch_norm":  # each replica normalises its own slice
+            return dataclasses.replace(thing, batch_norm="local")
+        return thing
+    if inject == "no_reduction":
+        return _Replaced(thing, reduce_gradients=lambda grads: grads)
+    if inject == "extra_sum_allreduce":
+        return _Replaced(thing, reduce_gradients=lambda grads: thing.all_reduce_sum(
+            thing.reduce_gradients(grads)))
+    return thing
 
 
-def _global_batches(steps, global_batch_size, seed):
-    import numpy as np
+class _Replaced:
+    """A backend with some of its operations replaced; the others are its own."""
 
-    rng = np.random.default_rng(seed)
-    images = rng.normal(size=(steps, global_batch_size) + IMAGE_SHAPE).astype(np.float32)
-    labels = rng.integers(0, NUM_CLASSES, size=(steps, global_batch_size)).astype(np.int32)
-    return images, labels
+    def __init__(self, backend, **operations):
+        self._backend = backend
+        vars(self).update(operations)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def _one_device_like(backend, batch_norm):
+    """One device; under --batch_norm=local, its batch norm normalises each of `backend`'s
+    replicas' slices of the batch over itself."""
+    one_device = strategy.create("one_device")
+    if batch_norm != "local" or backend.num_replicas == 1:
+        return one_device
+    sliced = replicas.ReplicaLayers(batch_norm=functools.partial(SlicedBatchNormalization,
+                                                                 slices=backend.num_replicas))
+    return _Replaced(one_device, replica_layers=lambda batch_norm: sliced)
+
+
+class SlicedBatchNormalization(keras.layers.BatchNormalization):
+    """What `slices` replicas' local batch norm computes, on one device: each slice of the batch
+    (one replica's) normalised over itself, the moving statistics moved by the slices' mean
+    moments, which equals averaging the replicas' own statistics at the end (the moving average
+    is linear in the moments)."""
+
+    def __init__(self, slices, **kwargs):
+        super().__init__(**kwargs)
+        self._slices = slices
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        parts = tf.split(tf.cast(inputs, tf.float32), self._slices)  # float32, as Keras
+        moments = [self._moments(part, None) for part in parts]
+        outputs = [keras.ops.batch_normalization(
+            part, mean, variance, axis=self.axis, epsilon=self.epsilon,
+            offset=tf.cast(self.beta, tf.float32) if self.center else None,
+            scale=tf.cast(self.gamma, tf.float32) if self.scale else None)
+            for part, (mean, variance) in zip(parts, moments)]
+        for statistic, values in ((self.moving_mean, [mean for mean, _ in moments]),
+                                  (self.moving_variance, [variance for _, variance in moments])):
+            statistic.assign(statistic * self.momentum
+                             + tf.add_n(values) / self._slices * (1.0 - self.momentum))
+        return tf.cast(tf.concat(outputs, 0), self.compute_dtype)
+
+
+def _global_batches(config, num_classes, global_batch_size):
+    """The same random global batches on every process and both sides: crops at the mean
+    image's place (the synthetic data's mean covers the crop)."""
+    rng = np.random.default_rng(config.seed)
+    shape = (global_batch_size, config.crop_size, config.crop_size, 3)
+    for _ in range(config.steps):
+        yield batch_lib.make(rng.integers(0, 256, shape, dtype=np.uint8),
+                             np.zeros((global_batch_size, 2), np.int32),
+                             np.zeros(global_batch_size, bool),
+                             rng.integers(0, num_classes, global_batch_size, dtype=np.int32))
+
+
+def _split(backend, batch, per_replica_batch_size):
+    """Each replica's rows of the global batch, in replica order."""
+    def rows(replica_id):
+        part = slice(replica_id * per_replica_batch_size,
+                     (replica_id + 1) * per_replica_batch_size)
+        return {key: tf.constant(value[part]) for key, value in batch.items()}
+
+    return backend.distribute_values(rows)
+
+
+def _average_moving_statistics(job):
+    statistics = models.moving_statistics(job.model)
+    if statistics and job.backend.num_replicas > 1:
+        tf.function(lambda: job.backend.average_across_replicas(statistics))()
 
 
 def _write_weights(out_dir, process_index, weights):
-    import numpy as np
-
     os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, f"weights-{process_index}.npz"), *weights)
 
