@@ -71,6 +71,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     input_threads: int | None = None
     batch_norm: str = "sync"  # one of strategy.BATCH_NORMS
+    global_batch_size: int | None = None  # None: the recipe's per-replica batch x replicas
 
 
 def is_time(step, every, total):
@@ -157,9 +158,12 @@ def train(config, backend, info=None):
         _check_resumable(config.model_dir, run, writer)  # before a restore that would crash
         restored = checkpoints.restore()
     backend.sync_variables(job.model.variables + job.optimizer.variables + [job.step])
+    _check_same_step(backend, config.model_dir, int(job.step.numpy()))
     stop = backend.stop_signal(checkpoints.checkpoint, checkpoints.directory,
                                save=lambda at: checkpoints.save(int(at)))
     _announce_start(writer, run, restored, int(job.step.numpy()))
+    for message in _scale_warnings(run) if backend.is_chief else []:
+        writer.announce("warning", message=message)
     if backend.is_chief:
         checkpoint_lib.write_run(config.model_dir, run)
     try:
@@ -169,21 +173,50 @@ def train(config, backend, info=None):
         writer.close()
 
 
+def global_batch_size(given, per_replica, replicas):
+    """`given` (--batch_size, global) when not None, else `per_replica` x replicas; a
+    UserError when it does not split into equal per-replica batches of at least 1."""
+    if given is None:
+        return per_replica * replicas
+    if given % replicas:
+        why = ("under 1 example per replica" if given < replicas
+               else "it does not split evenly")
+        raise entry.UserError(
+            f"--batch_size={given}: a global batch over {replicas} replicas must be a multiple "
+            f"of {replicas} ({why}); leave it out for {per_replica} per replica")
+    return given
+
+
 def plan_job(config, backend, info):
-    """The values derived once from the config: batch sizes, steps and learning rate."""
+    """The values derived once from the config: batch sizes, steps, warm-up and rate."""
     recipe = config.recipe
-    global_batch_size = recipe.global_batch_size
-    if global_batch_size % backend.num_replicas:
-        raise entry.UserError(f"--batch_size: the global batch {global_batch_size} does not "
-                              f"split over {backend.num_replicas} replicas")
-    steps_per_epoch = max(1, math.ceil(info.train_examples / global_batch_size))
-    return {"global_batch_size": global_batch_size,
-            "per_replica_batch_size": global_batch_size // backend.num_replicas,
+    batch = global_batch_size(config.global_batch_size, recipe.batch_size, backend.num_replicas)
+    steps_per_epoch = max(1, math.ceil(info.train_examples / batch))
+    total = recipes.total_steps(recipe, config.steps, config.epochs, info.train_examples, batch)
+    return {"global_batch_size": batch,
+            "per_replica_batch_size": batch // backend.num_replicas,
             "steps_per_epoch": steps_per_epoch,
-            "total_steps": recipes.total_steps(recipe, config.steps, config.epochs,
-                                               info.train_examples, global_batch_size),
-            "learning_rate": recipes.scaled_learning_rate(recipe, global_batch_size),
+            "total_steps": total,
+            "learning_rate": recipes.scaled_learning_rate(recipe, batch),
+            "warmup_steps": recipes.warmup_steps(recipe, batch, total, steps_per_epoch),
             "eval_every": config.eval_every or steps_per_epoch}
+
+
+# Fewer steps per epoch than this: the global batch is too large a share of the data for the
+# linear scaling of the rate to hold (Goyal et al. saw it break past ~8k of ImageNet's 1.28M).
+MIN_STEPS_PER_EPOCH = 20
+
+
+def _scale_warnings(run):
+    if run["data"] != "records" or run["steps_per_epoch"] >= MIN_STEPS_PER_EPOCH:
+        return []
+    fitting = max(run["replicas"], run["train_examples"] // MIN_STEPS_PER_EPOCH
+                  // run["replicas"] * run["replicas"])
+    return [f"a global batch of {run['global_batch_size']} makes only "
+            f"{run['steps_per_epoch']} steps per epoch of {run['train_examples']} training "
+            f"examples (under {MIN_STEPS_PER_EPOCH}): the scaled learning rate may no longer "
+            f"reach the recipe's accuracy (README: global batch and accuracy); --batch_size="
+            f"{fitting} keeps {MIN_STEPS_PER_EPOCH}"]
 
 
 def _build(config, backend, info, plan):
@@ -194,7 +227,8 @@ def _build(config, backend, info, plan):
                              **_model_options(config))
         _check_xla(config, backend, model)
         optimizer = recipes.optimizer(config.recipe, plan["global_batch_size"],
-                                      plan["total_steps"], config.precision)
+                                      plan["total_steps"], plan["warmup_steps"],
+                                      config.precision)
         optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     return model, optimizer, step
@@ -304,6 +338,19 @@ def _check_resumable(model_dir, run, writer):
                         ": training goes on, but not exactly as the interrupted job would have")
 
 
+def _check_same_step(backend, model_dir, step):
+    """Every worker restores from --model_dir on its own: one that cannot see the checkpoints
+    would start from step 0 with fresh weights beside a resumed chief, and the job would hang
+    at its end. Every process sees every step, so all of them stop here together."""
+    steps = backend.gather(step)
+    if len(set(steps.tolist())) > 1:
+        per_process = np.asarray(steps).reshape(backend.num_processes, -1)[:, 0]
+        found = ", ".join(f"process {i}: step {s}" for i, s in enumerate(per_process))
+        raise ResumeMismatch(f"--model_dir={model_dir}: the processes restored different "
+                             f"steps ({found}); every worker must see the same folder (a "
+                             f"shared file system) with the same checkpoints")
+
+
 def _check_finite(model, step):
     """A checkpoint must be a good one: weights that overflowed are never saved."""
     if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables):
@@ -351,7 +398,10 @@ def _announce_start(writer, run, restored, first):
              f"{run['flops_per_image'] / 1e9:.4f} GFLOP forward per image; "
              f"{run['strategy']} with {run['replicas']} replicas; global batch "
              f"{run['global_batch_size']} ({run['per_replica_batch_size']} per replica); "
-             f"{run['total_steps']} steps, learning rate {run['learning_rate']:g}")
+             f"{run['total_steps']} steps ({run['steps_per_epoch']} per epoch), learning rate "
+             f"{run['learning_rate']:g}"
+             + (f" after {run['warmup_steps']} steps of warm-up" if run["warmup_steps"] else ""))
+
     if restored:
         writer.announce("restored", step=first, checkpoint=restored,
                         remaining_steps=run["total_steps"] - first)

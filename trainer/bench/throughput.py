@@ -101,7 +101,7 @@ def measure(cell, warmup_steps, window_steps, windows, threads):
         model_dir="", records=cell["records"], model=cell["model"],
         data="synthetic" if cell["data"] == "synthetic" else "records",
         cache=cell["data"] == "cached_records",
-        recipe=recipes.resolve("paper", global_batch_size=cell["global_batch_size"]),
+        recipe=recipes.resolve("paper"), global_batch_size=cell["global_batch_size"],
         crop_size=cell["crop_size"], precision=cell["precision"], xla=cell["xla"],
         batch_norm=cell["batch_norm"], input_threads=threads)
     job = loop.prepare(config, backend)
