@@ -11,7 +11,10 @@
 # 4. the input benchmark: the tf.data pipeline against its roof and the naive way;
 # 5. a Horovod training run of the small ResNet (modern recipe) on 64x64 records of the same
 #    faces, fold 0 held out, then its 10-crop evaluation with the confusion matrix;
-# 6. its export as a SavedModel that takes image bytes, and a prediction on a few faces;
+# 6. its export as a SavedModel that takes image bytes, and a prediction on a few faces; then
+#    from a photo to an age: the faces of a real photograph (scikit-image's astronaut) found,
+#    aligned and predicted; the server (trainer.serve) called with curl as TF Serving is, and
+#    its page in headless Chromium, saved as a screenshot (DEMO_DIR/page.png);
 # 7. the training benchmark: in-memory batches vs the records, 1 process vs 2, and its chart.
 # Knobs (environment): DEMO_DIR (runs/demo), ADIENCE_DIR, DEMO_SUBJECTS (synthetic albums),
 # DEMO_PROCESSES (2), DEMO_EPOCHS (30), DEMO_BENCHMARK_WINDOWS (3).
@@ -94,6 +97,38 @@ faces=$(awk -F'\t' 'NR > 1 && NR % 40 == 2 {print "'"$adience_dir"'/aligned/" $1
 echo "$faces" | awk -F'\t' '{print "truth " $2 ": " $1}'
 tf_quiet "$python" -m trainer.predict --saved_model="$export_dir" $(echo "$faces" | cut -f1)
 
+photo=$("$python" -c 'import importlib.resources as r; print(r.files("skimage") / "data" / "astronaut.png")')
+step "From a photo to an age: the faces of a real photograph found, aligned and predicted: $photo"
+tf_quiet "$python" -m trainer.predict --saved_model="$export_dir" --detect_faces "$photo"
+
+step "The server: TF Serving's REST API called with curl, and the page in a browser"
+serve_log=$demo_dir/serve.log
+"$python" -m trainer.serve --saved_model="$export_dir" --port=0 > "$serve_log" 2>&1 &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null || true' EXIT
+until grep -q '^serving ' "$serve_log"; do
+  kill -0 "$serve_pid" 2>/dev/null || { cat "$serve_log" >&2; exit 1; }
+  sleep 1
+done
+url=$(sed -n 's/^serving .* at \(http[^ ]*\) .*/\1/p' "$serve_log")
+echo "trainer.serve is at $url"
+face=$(echo "$faces" | head -n 1 | cut -f1)
+if command -v curl >/dev/null 2>&1; then
+  echo "POST ${url}v1/models/agenet:predict with one face as base64 JPEG:"
+  printf '{"instances": [{"b64": "%s"}]}' "$(base64 -w0 "$face")" \
+    | curl -sS -H 'Content-Type: application/json' --data-binary @- "${url}v1/models/agenet:predict"
+  echo
+fi
+if tf_quiet "$python" -m launch.browser --url="$url" --photo="$photo" --screenshot="$demo_dir/page.png" \
+  | grep -v '^{'; then
+  screenshot="$demo_dir/page.png"
+else
+  screenshot="none (no browser: see the line above)"
+fi
+kill "$serve_pid"
+wait "$serve_pid" || true
+trap - EXIT
+
 benchmark_dir=$demo_dir/benchmark
 step "Training throughput of the same job: in-memory batches vs the records, 1 process vs $processes"
 rm -rf "$benchmark_dir"
@@ -107,6 +142,7 @@ echo "synthetic Adience tree: $adience_dir"
 echo "records and manifest:   $records (256x256), $small_records (64x64)"
 echo "training job:           $model_dir (checkpoints/, metrics.jsonl, run.json)"
 echo "SavedModel:             $export_dir"
+echo "the page's screenshot:  $screenshot (python -m trainer.serve --saved_model=$export_dir)"
 echo "TensorBoard:            .venv/bin/tensorboard --logdir $model_dir/tensorboard"
 echo "benchmark:              $benchmark_dir (benchmark.jsonl, chart benchmark.png)"
 echo "Next: bash launch/test.sh runs the test suite."

@@ -198,6 +198,20 @@ check_horovod() {
   fi
 }
 
+# The browser test of trainer.serve's page (tests/test_serve.py) drives Debian's Chromium with
+# Debian's own driver, the same version (Selenium must never download one). Installed like the
+# compiler, as root with apt-get; where that cannot be done the set-up goes on and the test is
+# skipped, saying why.
+ensure_browser() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Chromium and its driver with apt-get (the serving page's browser test)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+      && return
+  fi
+  say "warning: no /usr/bin/chromium and /usr/bin/chromedriver: the browser test of the serving page will be skipped (on Debian: 'sudo apt-get install -y chromium chromium-driver')"
+}
+
 # Everything a finished set-up depends on: when it is unchanged, a rerun has nothing to do.
 setup_stamp() {
   local flavour=$1 nccl=$2
@@ -222,6 +236,7 @@ main() {
   install_requirements "$flavour"
   install_horovod "$flavour" "$nccl"
   check_horovod "$nccl"
+  ensure_browser
   echo "$stamp" > "$venv/agenet-ready"
   say "ready in $(( $(date +%s) - start )) s: $venv (activate with 'source .venv/bin/activate')"
 }

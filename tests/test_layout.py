@@ -5,7 +5,7 @@ import ast
 
 from conftest import REPO
 
-ENTRY_POINTS = {"main", "evaluate", "cross_validate", "distcheck", "export", "predict",
+ENTRY_POINTS = {"main", "evaluate", "cross_validate", "distcheck", "export", "predict", "serve",
                 "benchmark", "time_to_accuracy", "batch_scaling"}
 NOT_CORE = ("trainer.bench", "trainer.serving")
 

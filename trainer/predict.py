@@ -8,10 +8,11 @@ SavedModel (the work: trainer/serving/predict.py).
 Without --detect_faces, each file must be a face crop aligned as Adience's are (a whole photo
 gives a meaningless answer). One line per image (per face with --detect_faces, with its box and
 landmarks in the photo's pixels): the group, its probability and the top 3; or a JSON object per
-line with --json. A file that is not a readable image, or a photo with no face found, gets an
-error line and the others go on. Exit codes: 0 when every file was predicted; 1 if any failed,
-or there was no image at all; 2 for a mistake found before any work (no such SavedModel, no
-file given).
+line with --json. A file that is not a readable image, one whose header claims over 100,000,000
+pixels (a decompression bomb: refused before decoding, with or without --detect_faces), or a
+photo with no face found, gets an error line and the others go on. Exit codes: 0 when every
+file was predicted; 1 if any failed, or there was no image at all; 2 for a mistake found before
+any work (no such SavedModel, no file given).
 """
 
 import json

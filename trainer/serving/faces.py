@@ -64,9 +64,9 @@ class Face:
                 "confidence": round(self.confidence, 4)}
 
 
-def decode_photo(encoded):
-    """uint8 pixels [H, W, 3] RGB of encoded image bytes, EXIF orientation applied (phones store
-    portraits sideways and say so there). PhotoError for what is not an image or is too large."""
+def open_photo(encoded):
+    """The PIL image of encoded bytes, only its header read: PhotoError for what is not an image
+    or claims more than MAX_PHOTO_PIXELS, before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
@@ -79,6 +79,13 @@ def decode_photo(encoded):
     if image.width * image.height > MAX_PHOTO_PIXELS:
         raise PhotoError(f"{image.width} x {image.height} pixels is over the limit of "
                          f"{MAX_PHOTO_PIXELS:,} pixels")
+    return image
+
+
+def decode_photo(encoded):
+    """uint8 pixels [H, W, 3] RGB of encoded image bytes, EXIF orientation applied (phones store
+    portraits sideways and say so there). PhotoError for what is not an image or is too large."""
+    image = open_photo(encoded)
     try:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged past the header

@@ -47,6 +47,12 @@ def check_saved_model(saved_model):
 def load(saved_model):
     """(the serving function, its class names) of a SavedModel written by trainer.export, or of
     the highest version in its base folder, once check_saved_model() has passed."""
+    model = load_module(saved_model)
+    return model.signatures[SIGNATURE], class_names_of(model)
+
+
+def load_module(saved_model):
+    """The loaded SavedModel (all its signatures) that load() serves from."""
     saved_model = version_to_load(saved_model)
     try:
         model = tf.saved_model.load(saved_model)
@@ -56,7 +62,11 @@ def load(saved_model):
     if SIGNATURE not in model.signatures or not hasattr(model, "class_names"):
         raise entry.UserError(f"--saved_model {saved_model} is a SavedModel but not one written "
                               f"by trainer.export (no {SIGNATURE} signature or class names)")
-    return model.signatures[SIGNATURE], [name.decode() for name in model.class_names.numpy()]
+    return model
+
+
+def class_names_of(model):
+    return [name.decode() for name in model.class_names.numpy()]
 
 
 def image_files(paths):
@@ -80,10 +90,13 @@ def read_image(path):
     try:
         with open(path, "rb") as f:
             encoded = f.read()
+        faces.open_photo(encoded)  # refuses a decompression bomb from its header
         tf.io.decode_image(encoded, channels=3, expand_animations=False)
         return encoded, None
     except OSError as error:
         return None, error.strerror or str(error)
+    except faces.PhotoError as error:
+        return None, str(error)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
         # TF's message: "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage]"
         reason = error.message.split("}} ")[-1].split(" [Op:")[0]
@@ -99,10 +112,7 @@ def predict(serve, class_names, listed, images_per_call, detector=None):
     def flush():
         outputs = serve(image_bytes=tf.constant([encoded for _, encoded in pending]))
         for (about, _), probabilities in zip(pending, outputs["probabilities"].numpy()):
-            ranked = probabilities.argsort()[::-1][:TOP]
-            yield {**about, "label": class_names[ranked[0]],
-                   "probability": float(probabilities[ranked[0]]),
-                   "top": [[class_names[i], float(probabilities[i])] for i in ranked]}
+            yield {**about, **answer(probabilities, class_names)}
         pending.clear()
 
     for path, error in listed:
@@ -117,6 +127,13 @@ def predict(serve, class_names, listed, images_per_call, detector=None):
                 yield from flush()
     if pending:
         yield from flush()
+
+
+def answer(probabilities, class_names):
+    """What a prediction says of one image: its label, probability and the top TOP classes."""
+    ranked = probabilities.argsort()[::-1][:TOP]
+    return {"label": class_names[ranked[0]], "probability": float(probabilities[ranked[0]]),
+            "top": [[class_names[i], float(probabilities[i])] for i in ranked]}
 
 
 def _inputs(path, detector):
