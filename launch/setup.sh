@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
-# Makes everything the project needs, from a fresh machine: a virtual environment at .venv with
+# Makes everything the project needs, from a fresh machine: a virtual environment (.venv) with
 # the pinned packages of requirements.txt, and Horovod 0.28.1 built from its sdist against the
-# pinned TensorFlow (with Gloo; with NCCL on a GPU machine), patched from launch/patches/.
+# pinned TensorFlow, patched from launch/patches/. Horovod always gets Gloo; on a GPU machine
+# also NCCL when a CUDA 12 nvcc is found, else it says so and the set-up still completes.
 #
 # Idempotent: the Horovod wheel is built once and cached outside the repo, keyed by everything
-# that changes the binary; a finished set-up leaves a stamp of its inputs in .venv, so a rerun
-# with the same pins, patch and script returns at once.
+# that changes the binary; a finished set-up leaves a stamp of its inputs in the environment, so
+# a rerun with the same pins, patch and script returns at once.
 #
 #   bash launch/setup.sh
+#   VENV=.venv-cuda TF_FLAVOUR=cuda bash launch/setup.sh   # a second environment beside .venv
 #
-# Knobs (environment): PYTHON (default python3.11), TF_FLAVOUR (auto|cpu|cuda),
-# HOROVOD_NCCL (auto|0|1), AGENET_CACHE (default ~/.cache/agenet), BUILD_JOBS (default: cores).
+# Knobs (environment): VENV (default .venv; relative to the repository), PYTHON (default
+# python3.11), TF_FLAVOUR (auto|cpu|cuda), HOROVOD_NCCL (auto|0|1), CUDA_HOME,
+# AGENET_CACHE (default ~/.cache/agenet), BUILD_JOBS (default: cores).
+# An environment named by VENV= is never deleted nor given the other flavour.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=$root/.venv
+venv=${VENV:-.venv}
+[[ $venv = /* ]] || venv=$root/$venv
 python=${PYTHON:-python3.11}
 cache=${AGENET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agenet}
 horovod_version=0.28.1
+cuda_major=12  # tensorflow[and-cuda]==2.21.0 installs the nvidia-*-cu12 wheels
+default_cuda_home=/usr/local/cuda  # where NVIDIA's installers put the toolkit
 patch_file=$root/launch/patches/horovod-0.28.1-tf2.16.patch
 
 say() { echo "[setup] $*"; }
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 
+recorded_flavour() {
+  cat "$venv/agenet-flavour" 2>/dev/null || true
+}
+
 pick_flavour() {
   case "${TF_FLAVOUR:-auto}" in
     cpu|cuda) echo "$TF_FLAVOUR" ;;
     auto)
-      if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+      if [ -n "${VENV:-}" ] && [ -n "$(recorded_flavour)" ]; then
+        recorded_flavour  # an environment named by VENV= keeps the flavour it was made with
+      elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
         echo cuda
       else
         echo cpu
@@ -52,9 +65,13 @@ make_venv() {
   local version
   version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   [ "$version" = 3.11 ] || say "warning: $python is Python $version; the pins are tested with 3.11"
-  # A venv of the other flavour would end up with both TensorFlow builds: start it again.
-  if [ -f "$venv/agenet-flavour" ] && [ "$(cat "$venv/agenet-flavour")" != "$flavour" ]; then
-    say "the existing .venv is $(cat "$venv/agenet-flavour"); making a new one for $flavour"
+  # A venv of the other flavour would end up with both TensorFlow builds: start it again,
+  # unless VENV= named it (then it may be the one environment its owner relies on).
+  local recorded
+  recorded=$(recorded_flavour)
+  if [ -n "$recorded" ] && [ "$recorded" != "$flavour" ]; then
+    [ -z "${VENV:-}" ] || die "$venv is a $recorded environment and TF_FLAVOUR=$flavour asks for $flavour: name another one with VENV= (nothing was changed)"
+    say "the existing $venv is $recorded; making a new one for $flavour"
     rm -rf "$venv"
   fi
   if [ ! -x "$venv/bin/python" ]; then
@@ -84,13 +101,47 @@ for name in ("tensorflow-cpu", "tensorflow"):
 EOF
 }
 
+# The CUDA toolkit that Horovod's NCCL build compiles its kernels with: the first nvcc of CUDA
+# $cuda_major (the release of the nvidia-*-cu12 wheels TensorFlow runs on) in CUDA_HOME, on the
+# PATH or in $default_cuda_home. Prints its home, or nothing and, on stderr, what was found
+# instead.
+cuda_home_for_nccl() {
+  local nvcc release top found=""
+  for nvcc in ${CUDA_HOME:+"$CUDA_HOME/bin/nvcc"} "$(command -v nvcc || true)" "$default_cuda_home/bin/nvcc"; do
+    [ -n "$nvcc" ] && [ -x "$nvcc" ] || continue
+    release=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
+    if [ "${release%%.*}" = "$cuda_major" ]; then
+      # nvcc names its toolkit's home (TOP): /usr/local/bin/nvcc may be a script running another.
+      top=$("$nvcc" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
+      (cd "${top:-$(dirname "$nvcc")/..}" && pwd)
+      return
+    fi
+    found="$found, $nvcc is CUDA ${release:-of unknown release}"
+  done
+  echo "no CUDA $cuda_major nvcc in CUDA_HOME, on the PATH or in $default_cuda_home${found:+ (${found#, })}" >&2
+}
+
+# 1 to build Horovod with NCCL: asked for (HOROVOD_NCCL=1), or a GPU machine with a CUDA 12
+# toolkit (cuda_home non-empty).
 want_nccl() {
-  local flavour=$1
+  local flavour=$1 cuda_home=$2
   case "${HOROVOD_NCCL:-auto}" in
     0|1) echo "$HOROVOD_NCCL" ;;
-    auto) [ "$flavour" = cuda ] && echo 1 || echo 0 ;;
+    auto) [ "$flavour" = cuda ] && [ -n "$cuda_home" ] && echo 1 || echo 0 ;;
     *) die "HOROVOD_NCCL must be auto, 0 or 1" ;;
   esac
+}
+
+# Says which collectives Horovod gets on a GPU machine, and stops early (before gigabytes of
+# downloads) when NCCL was asked for and cannot be built.
+say_collectives() {
+  local flavour=$1 nccl=$2 cuda_home=$3 why=$4
+  if [ "$nccl" = 1 ]; then
+    [ -n "$cuda_home" ] || die "HOROVOD_NCCL=1 needs a CUDA $cuda_major toolkit: $why; install it or set CUDA_HOME"
+    say "Horovod: NCCL collectives, kernels compiled with $cuda_home/bin/nvcc"
+  elif [ "$flavour" = cuda ] && [ "${HOROVOD_NCCL:-auto}" = auto ]; then
+    say "Horovod: Gloo collectives (GPU tensors go through host memory; tf.distribute still uses NCCL) because $why; for Horovod with NCCL install the CUDA $cuda_major toolkit (nvcc; e.g. an nvidia/cuda:$cuda_major.x-devel image) and run this again"
+  fi
 }
 
 ensure_compiler() {
@@ -118,7 +169,7 @@ nccl_home() {
 }
 
 build_horovod_wheel() {
-  local flavour=$1 nccl=$2 dest=$3 work
+  local nccl=$1 cuda_home=$2 dest=$3 work
   ensure_compiler
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/launch/build-requirements.txt"
   local started=$SECONDS
@@ -133,10 +184,9 @@ build_horovod_wheel() {
     HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
     HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1)
   if [ "$nccl" = 1 ]; then
-    command -v nvcc >/dev/null 2>&1 || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] \
-      || die "building Horovod with NCCL needs the CUDA toolkit (nvcc); install it or set CUDA_HOME"
+    build_env[0]="PATH=$cuda_home/bin:$venv/bin:$PATH"
     build_env+=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED
-      HOROVOD_NCCL_HOME="$(nccl_home)" HOROVOD_CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}")
+      HOROVOD_NCCL_HOME="$(nccl_home)" HOROVOD_CUDA_HOME="$cuda_home")
   fi
   env "${build_env[@]}" "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps \
     --disable-pip-version-check -w "$work/dist" "$work/horovod-$horovod_version" > "$work/build.log" 2>&1 \
@@ -154,15 +204,16 @@ build_horovod_wheel() {
 # Names the cached wheel by everything that changes the binary, so that a wheel built for one
 # machine (a CPU TensorFlow, say) is never installed on another (a GPU one).
 wheel_key() {
-  local flavour=$1 nccl=$2 tf py
+  local flavour=$1 nccl=$2 cuda_home=${3:-} tf py cuda=""
   tf=$(tf_version)
   py=$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
-  echo "horovod-$horovod_version-tf$tf-$flavour-nccl$nccl-py$py-$(uname -m)-patch$(sha256sum "$patch_file" | cut -c1-12)"
+  [ "$nccl" = 0 ] || cuda=-cuda$("$cuda_home/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p' | head -n 1)
+  echo "horovod-$horovod_version-tf$tf-$flavour-nccl$nccl$cuda-py$py-$(uname -m)-patch$(sha256sum "$patch_file" | cut -c1-12)"
 }
 
 install_horovod() {
-  local flavour=$1 nccl=$2 key dest
-  key=$(wheel_key "$flavour" "$nccl")
+  local flavour=$1 nccl=$2 cuda_home=$3 key dest
+  key=$(wheel_key "$flavour" "$nccl" "$cuda_home")
   if [ -f "$venv/agenet-horovod" ] && [ "$(cat "$venv/agenet-horovod")" = "$key" ] \
     && "$venv/bin/python" -m pip show --quiet horovod >/dev/null 2>&1; then
     say "Horovod already installed ($key)"
@@ -175,7 +226,7 @@ install_horovod() {
   if [ -d "$dest" ]; then
     say "using the cached Horovod wheel $dest"
   else
-    build_horovod_wheel "$flavour" "$nccl" "$dest"
+    build_horovod_wheel "$nccl" "$cuda_home" "$dest"
   fi
   flock -u 9
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$dest"/horovod-*.whl
@@ -196,6 +247,21 @@ check_horovod() {
   if [ "$nccl" = 1 ]; then
     echo "$report" | grep -q '\[X\] NCCL' || die "horovodrun --check-build: NCCL is missing"
   fi
+  # What the launcher and trainer.distcheck read to know Horovod's collectives (launch/horovod_build.py).
+  echo "$report" > "$venv/agenet-horovod-build"
+}
+
+# The CUDA wheels must be the release cuda_major names (a TensorFlow upgrade may move them).
+check_cuda_wheels() {
+  "$venv/bin/python" -m pip show --quiet "nvidia-cuda-runtime-cu$cuda_major" >/dev/null 2>&1 \
+    || die "tensorflow[and-cuda] installed no nvidia-cuda-runtime-cu$cuda_major wheel: update cuda_major in launch/setup.sh"
+}
+
+flavour_reason() {
+  if [ "${TF_FLAVOUR:-auto}" != auto ]; then echo "TF_FLAVOUR=$TF_FLAVOUR"
+  elif [ -n "${VENV:-}" ] && [ -n "$(recorded_flavour)" ]; then echo "as VENV=$VENV was made"
+  elif [ "$1" = cuda ]; then echo "an NVIDIA GPU was found"
+  else echo "no NVIDIA GPU found"; fi
 }
 
 # The browser test of trainer.serve's page (tests/test_serve.py) drives Debian's Chromium with
@@ -221,11 +287,16 @@ setup_stamp() {
 }
 
 main() {
-  local start flavour nccl stamp
+  local start flavour nccl stamp cuda_home="" why=""
   start=$(date +%s)
   flavour=$(pick_flavour)
-  nccl=$(want_nccl "$flavour")
-  say "TensorFlow flavour: $flavour ($( [ "$flavour" = cuda ] && echo 'an NVIDIA GPU was found' || echo 'no NVIDIA GPU found' )); NCCL: $nccl"
+  say "TensorFlow flavour: $flavour ($(flavour_reason "$flavour")) in $venv"
+  if [ "$flavour" = cuda ] || [ "${HOROVOD_NCCL:-auto}" = 1 ]; then
+    why=$(cuda_home_for_nccl 2>&1 >/dev/null || true)
+    cuda_home=$(cuda_home_for_nccl 2>/dev/null || true)
+  fi
+  nccl=$(want_nccl "$flavour" "$cuda_home")
+  say_collectives "$flavour" "$nccl" "$cuda_home" "$why"
   make_venv "$flavour"
   stamp=$(setup_stamp "$flavour" "$nccl")
   if [ "$(cat "$venv/agenet-ready" 2>/dev/null)" = "$stamp" ]; then
@@ -234,11 +305,12 @@ main() {
   fi
   rm -f "$venv/agenet-ready"
   install_requirements "$flavour"
-  install_horovod "$flavour" "$nccl"
+  [ "$flavour" = cpu ] || check_cuda_wheels
+  install_horovod "$flavour" "$nccl" "$cuda_home"
   check_horovod "$nccl"
   ensure_browser
   echo "$stamp" > "$venv/agenet-ready"
-  say "ready in $(( $(date +%s) - start )) s: $venv (activate with 'source .venv/bin/activate')"
+  say "ready in $(( $(date +%s) - start )) s, $(du -sh "$venv" | cut -f1): $venv (activate with 'source ${venv#"$root"/}/bin/activate')"
 }
 
 # Sourcing the file (as the tests do) defines the functions without running anything.
