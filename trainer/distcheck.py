@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from input import batch as batch_lib
 from launch import entry
+from launch import horovod_build
 from trainer import cli
 from trainer import loop
 from trainer import models
@@ -84,6 +85,8 @@ def main(argv):
     tolerance = TOLERANCES[FLAGS.precision] if FLAGS.tolerance is None else FLAGS.tolerance
     result.update(threads=threads, tolerance=tolerance,
                   agree=max(result["differences"].values()) <= tolerance)
+    if backend.name == "horovod":  # what the reductions ran on, as launch/setup.sh built it
+        result["horovod_collectives"] = horovod_build.collectives()
     weights = result.pop("weights")
     if FLAGS.out_dir:
         _write_weights(FLAGS.out_dir, backend.process_index, weights)
@@ -95,10 +98,13 @@ def main(argv):
 def _summary(result):
     differences = ", ".join(f"{name} {value:.1e}" for name, value in
                             result["differences"].items())
+    collectives = (f", Horovod's collectives {result['horovod_collectives']}"
+                   if "horovod_collectives" in result else "")
     return (f"process {result['process']} of {result['processes']} ({result['strategy']}, "
             f"{result['replicas']} replicas, {result['model']}, {result['recipe']} recipe, "
             f"{result['precision']}, batch norm {result['batch_norm']}, inject="
-            f"{result['inject']}, {result['threads']['intra_op']} intra-op threads): after "
+            f"{result['inject']}, {result['threads']['intra_op']} intra-op threads"
+            f"{collectives}): after "
             f"{result['steps']} steps vs one device on the global batch of "
             f"{result['global_batch_size']}, largest relative difference: {differences}; "
             f"tolerance {result['tolerance']:.0e}: "
