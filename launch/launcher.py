@@ -4,11 +4,15 @@ launch/single_node.sh and launch/multi_node.sh, which print the command they run
   python -m launch.launcher single_node [--np N] [--mode=horovod|mirrored] \\
       [--module=trainer.cross_validate] -- TRAINER FLAGS
   python -m launch.launcher multi_node --hosts=host1:4,host2:4 [--backend=horovod|tf] \\
-      [--network_interface=eth0] [--controller=gloo|mpi] -- TRAINER FLAGS
+      [--network_interface=eth0] -- TRAINER FLAGS
 
-Horovod: one process per GPU (per slot on a CPU machine), `horovodrun -H`. tf: one
+Horovod: one process per GPU (per slot on a CPU machine), `horovodrun --gloo -H`. tf: one
 MultiWorkerMirroredStrategy worker per host, each with a generated TF_CONFIG, started over ssh
 (or directly, for hosts that are this machine), each mirrored over its host's GPUs.
+
+Without --mode / --backend, GPUs get tf.distribute (NCCL inside TensorFlow, nothing to build)
+unless this environment's Horovod was built with NCCL (launch/horovod_build.py): Horovod built
+with Gloo only moves every GPU tensor through host memory. Without GPUs: Horovod over Gloo.
 
 A mistake in the launcher's own flags (a host list that is not host[:slots](,host[:slots])*, a
 port out of range, a stray argument) is one `error:` line on stderr and exit code 2, before
@@ -25,6 +29,7 @@ import sys
 import time
 
 from launch import entry
+from launch import horovod_build
 
 TRAINER_MODULE = "trainer.main"
 TRAINER = ("-m", TRAINER_MODULE)
@@ -132,18 +137,29 @@ def stray_arguments(trainer_flags):
     return stray
 
 
-def single_node_command(python, trainer_flags, gpus, processes=None, mode="horovod",
-                        module=TRAINER_MODULE):
+def uses_tf_distribute(gpus, horovod_nccl):
+    """Whether a job on GPUs runs tf.distribute when neither --mode nor --backend says: unless
+    Horovod's collectives are NCCL's (Gloo moves every GPU tensor through host memory), for
+    tf.distribute's NCCL is inside TensorFlow."""
+    return gpus > 0 and not horovod_nccl
+
+
+def single_node_command(python, trainer_flags, gpus, processes=None, mode=None,
+                        module=TRAINER_MODULE, horovod_nccl=False):
     """(command, environment additions) for one machine; `module` is the entry point run
-    (trainer.main, or another that takes the training flags: trainer.cross_validate)."""
+    (trainer.main, or another that takes the training flags: trainer.cross_validate). `mode`
+    None: --np N asks for Horovod; else uses_tf_distribute decides on several GPUs."""
     trainer = ("-m", module)
+    if mode is None:
+        mirrored = not processes and gpus > 1 and uses_tf_distribute(gpus, horovod_nccl)
+        mode = "mirrored" if mirrored else "horovod"
     if mode == "mirrored":
         return [python, *trainer, "--strategy=mirrored", *trainer_flags], {}
     processes = processes or gpus or 1
     if processes == 1:
         return [python, *trainer, *trainer_flags], {}
-    transport = [] if gpus else ["--gloo"]  # CPU: Gloo; GPU: NCCL inside, Gloo controller
-    return ([horovodrun(), *transport, "-np", str(processes), "-H", f"localhost:{processes}",
+    # Gloo is the controller (Horovod is built without MPI); NCCL, if built, moves GPU tensors.
+    return ([horovodrun(), "--gloo", "-np", str(processes), "-H", f"localhost:{processes}",
              python, *trainer, *trainer_flags], {})
 
 
@@ -232,14 +248,18 @@ def _parser():
     parser = _Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("layout", choices=["single_node", "multi_node"])
     parser.add_argument("--np", type=int, default=None, help="processes (single node)")
-    parser.add_argument("--mode", choices=["horovod", "mirrored"], default="horovod")
+    parser.add_argument("--mode", choices=["horovod", "mirrored"], default=None,
+                        help="default: mirrored on GPUs unless Horovod has NCCL")
     parser.add_argument("--module", choices=SINGLE_NODE_MODULES, default=TRAINER_MODULE,
                         help="the entry point run (single node)")
     parser.add_argument("--hosts", help="host1:4,host2:4 (multi node)")
     parser.add_argument("--hostfile", help="lines of 'host slots=N' (multi node)")
-    parser.add_argument("--backend", choices=["horovod", "tf"], default="horovod")
+    parser.add_argument("--backend", choices=["horovod", "tf"], default=None,
+                        help="default: tf on GPUs unless Horovod has NCCL (judged on this "
+                             "host), else horovod")
     parser.add_argument("--network_interface", help="Horovod's --network-interface")
-    parser.add_argument("--controller", choices=["gloo", "mpi"], default="gloo")
+    parser.add_argument("--controller", choices=["gloo", "mpi"], default="gloo",
+                        help="mpi only where Horovod was built with MPI (setup.sh does not)")
     parser.add_argument("--base_port", type=int, default=BASE_PORT,
                         help=f"first worker port of --backend=tf ({PORTS[0]}-{PORTS[1]})")
     parser.add_argument("--grace_seconds", type=float, default=GRACE_SECONDS,
@@ -260,15 +280,23 @@ def commands_of(args, trainer_flags, python=sys.executable):
         raise entry.UserError(f"--np={args.np}: must be at least 1")
     if args.grace_seconds < 0:
         raise entry.UserError(f"--grace_seconds={args.grace_seconds}: must not be negative")
+    if args.controller == "mpi" and not horovod_build.has_mpi():
+        raise entry.UserError("--controller=mpi: this environment's Horovod is built without "
+                              "MPI (launch/setup.sh builds Gloo); leave the flag out, Gloo "
+                              "is the controller")
+    gpus = gpu_count()
     if args.layout == "single_node":
-        command, environment = single_node_command(python, trainer_flags, gpu_count(),
-                                                   args.np, args.mode, args.module)
+        command, environment = single_node_command(python, trainer_flags, gpus, args.np,
+                                                   args.mode, args.module,
+                                                   horovod_build.has_nccl())
         return [("localhost", command, environment)]
     if args.module != TRAINER_MODULE:
         raise entry.UserError("--module is for single_node; multi_node runs trainer.main")
     hosts = parse_hosts(args.hosts, args.hostfile)
     check_ports(args.base_port, hosts)
-    if args.backend == "horovod":
+    backend = args.backend or ("tf" if uses_tf_distribute(gpus, horovod_build.has_nccl())
+                               else "horovod")
+    if backend == "horovod":
         return [(None, horovod_command(python, trainer_flags, hosts, args.network_interface,
                                        args.controller), {})]
     return tf_commands(python, trainer_flags, hosts, args.base_port)

@@ -6,14 +6,17 @@
 #   bash launch/single_node.sh --np 2 --records=... --model_dir=...   # CPU: 2 Gloo processes
 #   bash launch/single_node.sh --module=trainer.cross_validate --records=... --model_dir=...
 #
-# With GPUs: horovodrun with one process per GPU (default) or one --strategy=mirrored process.
+# With GPUs: one --strategy=mirrored process (default: NCCL inside TensorFlow), or, when
+# Horovod was built with NCCL (or --mode=horovod), horovodrun with one process per GPU.
 # Without: one process, or --np N Horovod processes over Gloo, cores split between them
 # (each rank bound to its own: launch/host.py).
 # Every other flag goes to trainer.main (or the --module run).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-python="$root/.venv/bin/python"
+venv=${VENV:-.venv}  # the environment launch/setup.sh made
+[[ $venv = /* ]] || venv=$root/$venv
+python="$venv/bin/python"
 if [[ ! -x $python ]]; then
   echo "error: $python not found: run bash launch/setup.sh first" >&2
   exit 2

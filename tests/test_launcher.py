@@ -62,6 +62,8 @@ def multi_node(*flags):
      ["--base_port=65535", "2 hosts need ports 65535-65536"]),
     (["--hosts=host1:4", "--base_port=high"], ["--base_port", "'high'"]),
     (["--hosts=host1:4", "--backend=mpi"], ["--backend", "'mpi'"]),
+    (["--hosts=host1:4", "--controller=mpi"], ["--controller=mpi", "built without MPI",
+                                               "leave the flag out"]),
 ])
 def test_multi_node_refuses_a_mistake_with_one_line(flags, named):
     assert_one_error(multi_node(*flags), *named)
@@ -97,11 +99,14 @@ def test_single_node_refuses_a_mistake_with_one_line(flags, named):
 
 
 @pytest.mark.parametrize("script", ["single_node.sh", "multi_node.sh"])
-def test_a_checkout_without_its_environment_says_how_to_make_it(tmp_path, script):
+@pytest.mark.parametrize("venv", ["", ".venv-cuda"])
+def test_a_checkout_without_its_environment_says_how_to_make_it(tmp_path, script, venv):
     (tmp_path / "launch").mkdir()
     shutil.copy(REPO / "launch" / script, tmp_path / "launch" / script)
-    result = run(["bash", tmp_path / "launch" / script, "--hosts=host1:4", "--dry_run"])
-    assert_one_error(result, f"{tmp_path}/.venv/bin/python not found", "launch/setup.sh")
+    result = run(["bash", tmp_path / "launch" / script, "--hosts=host1:4", "--dry_run"],
+                 env={"VENV": venv})  # VENV= names the environment, in the checkout
+    assert_one_error(result, f"{tmp_path}/{venv or '.venv'}/bin/python not found",
+                     "launch/setup.sh")
 
 
 def test_horovod_command_for_remote_hosts():
@@ -124,16 +129,42 @@ def test_tf_backend_runs_one_worker_per_host_over_ssh():
     assert remote.endswith("python -m trainer.main --strategy=multi_worker --steps=9")
 
 
-@pytest.mark.parametrize("gpus, processes, mode, expected", [
-    (0, None, "horovod", ["python", "-m", "trainer.main"]),
-    (0, 2, "horovod", ["--gloo", "-np", "2", "-H", "localhost:2"]),
-    (4, None, "horovod", ["-np", "4", "-H", "localhost:4"]),
-    (4, None, "mirrored", ["python", "-m", "trainer.main", "--strategy=mirrored"]),
+@pytest.mark.parametrize("gpus, processes, mode, nccl, expected", [
+    (0, None, None, False, ["python", "-m", "trainer.main"]),
+    (0, 2, None, False, ["--gloo", "-np", "2", "-H", "localhost:2"]),
+    # GPUs: MirroredStrategy (NCCL inside TensorFlow) unless Horovod has NCCL itself.
+    (4, None, None, False, ["python", "-m", "trainer.main", "--strategy=mirrored"]),
+    (4, None, None, True, ["--gloo", "-np", "4", "-H", "localhost:4"]),
+    (1, None, None, False, ["python", "-m", "trainer.main"]),
+    (4, None, "horovod", False, ["--gloo", "-np", "4", "-H", "localhost:4"]),
+    (4, 2, None, False, ["--gloo", "-np", "2", "-H", "localhost:2"]),
+    (4, None, "mirrored", True, ["python", "-m", "trainer.main", "--strategy=mirrored"]),
 ])
-def test_single_node_picks_the_job_for_the_devices(gpus, processes, mode, expected):
-    command, _ = launcher.single_node_command("python", [], gpus, processes, mode)
-    found = command[1:1 + len(expected)] if command[0].endswith("horovodrun") else command
-    assert found[:len(expected)] == expected
+def test_single_node_picks_the_job_for_the_devices(gpus, processes, mode, nccl, expected):
+    command, _ = launcher.single_node_command("python", [], gpus, processes, mode,
+                                              horovod_nccl=nccl)
+    if expected[0] == "--gloo":
+        assert command[0].endswith("horovodrun") and command[1:1 + len(expected)] == expected
+    else:
+        assert command == expected
+
+
+@pytest.mark.parametrize("gpus, nccl, backend", [(8, False, "tf"), (8, True, "horovod"),
+                                                 (0, False, "horovod")])
+def test_multi_node_picks_tf_distribute_on_gpus_unless_horovod_has_nccl(monkeypatch, gpus,
+                                                                         nccl, backend):
+    monkeypatch.setattr(launcher, "gpu_count", lambda: gpus)
+    monkeypatch.setattr(launcher.horovod_build, "has_nccl", lambda: nccl)
+    args, trainer_flags = launcher._parser().parse_known_args(
+        ["multi_node", "--hosts=node1:8,node2:8", "--steps=9"])
+    commands = launcher.commands_of(args, trainer_flags, python="python")
+    if backend == "tf":
+        assert [command[:2] for _, command, _ in commands] == [["ssh", "node1"],
+                                                               ["ssh", "node2"]]
+        assert "--strategy=multi_worker --steps=9" in commands[0][1][2]
+    else:
+        [(_, command, _)] = commands
+        assert command[1:6] == ["-np", "16", "-H", "node1:8,node2:8", "--gloo"]
 
 
 def test_single_node_runs_cross_validate_the_same_way():

@@ -50,7 +50,12 @@ BATCH_NORMS = ("sync", "local")
 
 
 def pick_strategy(environ=None):
-    """What `--strategy=auto` means here: the launcher's choice, else the devices'."""
+    """What `--strategy=auto` means here: the launcher's choice, else the devices'.
+
+    Several GPUs in one process are MirroredStrategy's (NCCL inside TensorFlow), whatever
+    Horovod was built with: Horovod runs only under horovodrun, which launch/single_node.sh
+    chooses on GPUs only when Horovod's collectives are NCCL's.
+    """
     environ = os.environ if environ is None else environ
     if "HOROVOD_RANK" in environ:  # first: horovodrun's ranks inherit a SLURM job's variables
         return "horovod"
