@@ -133,6 +133,7 @@ def test_batch_scaling_trains_each_global_batch_and_compares_it_with_the_smalles
         assert sized["learning_rate"] == pytest.approx(0.1 * sized["global_batch_size"] / 256)
         assert 0 <= sized["accuracy"] <= sized["accuracy_1off"] <= 1 and sized["train_seconds"] > 0
     assert small["model_dir"] != large["model_dir"]  # a fresh folder each
+    assert 0 < small["largest_class_share"] == large["largest_class_share"] < 1  # the floor
     assert large["accuracy_minus_smallest"] == pytest.approx(large["accuracy"] - small["accuracy"])
     assert small["accuracy_minus_smallest"] == 0
     # 185 training faces: 24 steps per epoch at 8, 12 at 16, where trainer.main warns.

@@ -151,8 +151,16 @@ def result_of(model_dir):
                 "eval_examples")},
             "accuracy": evaluated["eval/accuracy"],
             "accuracy_1off": evaluated["eval/accuracy_1off"],
+            "largest_class_share": largest_class_share(evaluated["eval/confusion"]),
             "train_seconds": seconds,
             "images_per_sec": steps * run["global_batch_size"] / seconds if seconds else None}
+
+
+def largest_class_share(confusion):
+    """The exact accuracy of always answering the held-out split's largest class: the floor
+    a network that learned nothing of the faces reaches (rows of `confusion` are true classes)."""
+    counts = [sum(row) for row in confusion]
+    return max(counts) / sum(counts)
 
 
 def training_seconds(records):
@@ -188,7 +196,8 @@ def table(results):
              f"{first['crop_size']}x{first['crop_size']} crops, {first['model']}, "
              f"{first['recipe']} recipe, {first['distribution']} ({first['replicas']} "
              f"replicas), seed {first['seed']}, "
-             + (f"{first['epochs']:g} epoch(s)" if first["epochs"] else "the recipe's epochs"),
+             + (f"{first['epochs']:g} epoch(s)" if first["epochs"] else "the recipe's epochs")
+             + f"; always the largest class: {100 * first['largest_class_share']:.1f}% exact",
              f"{'global':>6} {'replica':>7} {'steps/ep':>8} {'steps':>6} {'warm-up':>7} "
              f"{'peak lr':>8} {'exact':>6} {'1-off':>6} {'train s':>8} {'images/s':>8}  "
              f"exact vs {first['global_batch_size']}   1-off vs {first['global_batch_size']}"]

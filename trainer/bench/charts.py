@@ -53,8 +53,8 @@ def time_to_accuracy(races, target, path):
 
 def batch_scaling(results, path):
     """Held-out exact and 1-off accuracy against global batch (log2 axis), each point marked
-    with its steps per epoch; the smallest batch's exact accuracy as a dashed line. Returns
-    `path`."""
+    with its steps per epoch; the smallest batch's exact accuracy as a dashed line, always
+    answering the largest class as a dotted one. Returns `path`."""
     first = results[0]
     batches = [result["global_batch_size"] for result in results]
     figure, axes = pyplot.subplots(figsize=(8, 4.5))
@@ -67,6 +67,8 @@ def batch_scaling(results, path):
                       textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
     axes.axhline(100 * first["accuracy"], color="gray", linestyle="--",
                  label=f"exact at batch {first['global_batch_size']}")
+    axes.axhline(100 * first["largest_class_share"], color="gray", linestyle=":",
+                 label="exact, always the largest class")
     axes.set_xscale("log", base=2)
     axes.set_xticks(batches, [str(batch) for batch in batches])
     axes.set_xlabel(f"global batch ({first['replicas']} replicas; learning rate scaled "
