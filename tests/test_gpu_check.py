@@ -5,7 +5,10 @@ cells) on the CPU and ends with one verdict table, its JSON lines and its chart.
 import json
 import time
 
+import pytest
+
 from conftest import REPO, run
+from launch import launcher
 from trainer.bench import gpu_steps
 
 TINY = ["--models=tiny", "--check_model=tiny", "--check_batch_size=8", "--crop_size=32",
@@ -50,6 +53,16 @@ def test_the_cpu_sequence_checks_every_distribution_and_measures_its_cells(tmp_p
                                           "2 CPUs mirrored fp32"]
     assert all(c["images_per_sec"] > 0 and c["roof_flops"] > 0 for c in cells)
     assert (out / "benchmark.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(launcher.gpu_count() == 0, reason="needs an NVIDIA GPU (nvidia-smi lists none)")
+def test_on_a_gpu_machine_tensorflow_sees_every_gpu_and_mirrored_agrees():
+    gpus = launcher.gpu_count()
+    steps = gpu_steps.Steps(cpu=False, timeout_seconds=600)
+    devices = steps.devices(gpus)
+    assert len(devices["gpus"]) == gpus, devices
+    check = steps.distcheck_mirrored(gpus, ["--model=tiny", f"--batch_size={8 * gpus}"])
+    assert check["agree"] and check["replicas"] == gpus, check
 
 
 def test_a_gpu_node_runs_one_change_at_a_time_then_every_gpu():
