@@ -162,17 +162,17 @@ def test_multi_workers_that_restore_different_steps_stop_naming_the_folder(
         python, tmp_path, one_device_runs):
     """A worker that cannot see the chief's checkpoints would start at step 0 beside a resumed
     chief, and the job would hang at its end: both stop at the start instead."""
-    shutil.copytree(one_device_runs["plain"], tmp_path / "shared")  # checkpoints at step 6
+    shutil.copytree(one_device_runs["plain"], tmp_path / "checkpointed")  # checkpoints at step 6
     (tmp_path / "elsewhere").mkdir()
     jobs = [Watched(trainer(python, tmp_path / folder, *SAME_BATCHES, *VARIANTS["plain"],
                             "--steps=8"), env=env)
-            for folder, env in zip(("shared", "elsewhere"), multi_worker_environments(2))]
+            for folder, env in zip(("checkpointed", "elsewhere"), multi_worker_environments(2))]
     for job in jobs:
         assert job.finish() == 2, "".join(job.stderr)[-3000:]
         errors = [line for line in job.stderr if line.startswith("error:")]
         assert len(errors) == 1 and "the processes restored different steps (process 0: " \
             "step 6, process 1: step 0)" in errors[0], "".join(job.stderr)[-3000:]
-    assert checkpoint_step(tmp_path / "shared") == 6  # nothing trained, nothing saved
+    assert checkpoint_step(tmp_path / "checkpointed") == 6  # nothing trained, nothing saved
 
 
 RESUME = TINY + ["--steps=300", "--checkpoint_every=20", "--log_every=1", "--eval_every=150",
