@@ -21,6 +21,7 @@ SLURM_LOCALID and the step's layout): `configure_threads` first writes the TF_CO
 
 import json
 import os
+import socket
 
 from launch import slurm
 
@@ -166,3 +167,14 @@ def configure_threads(processes=None):
         bind(bound_to)
     return {"cores": len(cpus), "processes": processes, "intra_op": intra, "inter_op": inter,
             "bound_to": bound_to}
+
+
+def free_ports(count):
+    """`count` TCP ports free on 127.0.0.1 now, for local workers (tests, checks)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+
+from launch import host
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The real Adience fold files (metadata, no images), kept in the repository: tests/data/adience.
@@ -45,19 +46,9 @@ def start(args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def multi_worker_environments(count):
     """TF_CONFIG environments of `count` workers on 127.0.0.1, one per process."""
-    workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
+    workers = [f"127.0.0.1:{port}" for port in host.free_ports(count)]
     return [{"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
                                       "task": {"type": "worker", "index": index}})}
             for index in range(count)]

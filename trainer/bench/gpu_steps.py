@@ -3,13 +3,13 @@ and the verdict table they make. A step returns a plain dict: one JSON line of t
 
 import json
 import os
-import socket
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
+from launch import host
 from launch import launcher
 
 FAST_PRECISION = "mixed_float16"  # what a GPU trains in; the CPU cells stay in fp32
@@ -283,22 +283,12 @@ def worker_environments(workers, gpus, cpu, visible=None):
     CUDA_VISIBLE_DEVICES, else 0..gpus-1), none under `cpu`."""
     visible = visible or os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(gpus)))
     ids, share = visible.split(","), gpus // workers
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    addresses = [f"127.0.0.1:{port}" for port in host.free_ports(workers)]
     return [{"TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
                                       "task": {"type": "worker", "index": index}}),
              "CUDA_VISIBLE_DEVICES": "" if cpu else ",".join(ids[index * share:
                                                                  (index + 1) * share])}
             for index in range(workers)]
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _json_lines(text):
