@@ -10,13 +10,6 @@
 # Exit codes: 0 all agree and every cell measured, 1 otherwise, 2 a bad flag, 4 no GPU.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-venv=${VENV:-.venv}  # the environment launch/setup.sh made
-[[ $venv = /* ]] || venv=$root/$venv
-python="$venv/bin/python"
-if [[ ! -x $python ]]; then
-  echo "error: $python not found: run bash launch/setup.sh first" >&2
-  exit 2
-fi
+source "$root/launch/venv.sh"
 exec "$python" -m trainer.bench.gpu_check "$@"

@@ -14,12 +14,5 @@
 # A mistake in these flags (hosts, ports, a stray argument) is one error line, exit code 2.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-venv=${VENV:-.venv}  # the environment launch/setup.sh made
-[[ $venv = /* ]] || venv=$root/$venv
-python="$venv/bin/python"
-if [[ ! -x $python ]]; then
-  echo "error: $python not found: run bash launch/setup.sh first" >&2
-  exit 2
-fi
+source "$root/launch/venv.sh"
 exec "$python" -m launch.launcher multi_node "$@"

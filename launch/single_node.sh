@@ -13,12 +13,5 @@
 # Every other flag goes to trainer.main (or the --module run).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-venv=${VENV:-.venv}  # the environment launch/setup.sh made
-[[ $venv = /* ]] || venv=$root/$venv
-python="$venv/bin/python"
-if [[ ! -x $python ]]; then
-  echo "error: $python not found: run bash launch/setup.sh first" >&2
-  exit 2
-fi
+source "$root/launch/venv.sh"
 exec "$python" -m launch.launcher single_node "$@"

@@ -102,7 +102,8 @@ def test_single_node_refuses_a_mistake_with_one_line(flags, named):
 @pytest.mark.parametrize("venv", ["", ".venv-cuda"])
 def test_a_checkout_without_its_environment_says_how_to_make_it(tmp_path, script, venv):
     (tmp_path / "launch").mkdir()
-    shutil.copy(REPO / "launch" / script, tmp_path / "launch" / script)
+    for name in (script, "venv.sh"):  # a checkout of launch/ without .venv
+        shutil.copy(REPO / "launch" / name, tmp_path / "launch" / name)
     result = run(["bash", tmp_path / "launch" / script, "--hosts=host1:4", "--dry_run"],
                  env={"VENV": venv})  # VENV= names the environment, in the checkout
     assert_one_error(result, f"{tmp_path}/{venv or '.venv'}/bin/python not found",
