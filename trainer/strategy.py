@@ -172,6 +172,12 @@ class TFDistributeBackend:
         return self._strategy.experimental_distribute_values_from_function(
             lambda context: value_fn(context.replica_id_in_sync_group))
 
+    def replica_device(self, replica_id):
+        """The device of replica `replica_id` (global index) of this process, where a value
+        for it must be placed (distribute_values alone places nothing: all stay on CPU:0)."""
+        devices = self._strategy.extended.worker_devices
+        return devices[replica_id % len(devices)]
+
     def distribute_dataset(self, dataset_fn, global_batch_size):
         """Batches for every replica from `dataset_fn(num_pipelines, pipeline_index,
         per_replica_batch_size)`: one input pipeline per worker, each reading its own files."""
@@ -282,6 +288,10 @@ class HorovodBackend:
 
     def distribute_values(self, value_fn):
         return value_fn(self._hvd.rank())
+
+    def replica_device(self, replica_id):
+        del replica_id  # one replica per rank: its one visible GPU, else the CPU
+        return "/gpu:0" if tf.config.get_visible_devices("GPU") else "/cpu:0"
 
     def distribute_dataset(self, dataset_fn, global_batch_size):
         """This rank's batches: one input pipeline per rank, each reading its own files."""
