@@ -75,6 +75,15 @@ def test_a_gpu_node_runs_one_change_at_a_time_then_every_gpu():
     assert every["8 GPUs horovod fp16"]["global_batch_size"] == 8 * 64  # 64 per GPU
 
 
+def test_a_gpu_node_measures_the_inter_op_threads_of_one_process_driving_every_gpu():
+    planned = gpu_steps.cells(8, ["levi_hassner"], False, 64, 227, "records")
+    sweep = gpu_steps.inter_op_sweep(planned, 8, 96)  # launch/host.py's own rule: 16
+    assert [(name, environment) for name, _, environment in sweep] == [
+        ("8 GPUs mirrored fp16 inter-op 2", {"TF_NUM_INTEROP_THREADS": "2"}),
+        ("8 GPUs mirrored fp16 inter-op 96", {"TF_NUM_INTEROP_THREADS": "96"})]
+    assert all(cell == dict(planned)["8 GPUs mirrored fp16"] for _, cell, _ in sweep)
+
+
 def test_each_multi_worker_process_gets_its_half_of_the_gpus():
     environments = gpu_steps.worker_environments(2, 8, cpu=False, visible="0,1,2,3,4,5,6,7")
     assert [e["CUDA_VISIBLE_DEVICES"] for e in environments] == ["0,1,2,3", "4,5,6,7"]

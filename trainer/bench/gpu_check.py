@@ -14,10 +14,12 @@ memory. In order:
    each would see, and reserve, all of them);
 3. synthetic faces built into records (input.synthetic, input.build), for the pipeline's cells;
 4. the named benchmark cells of `cells` (not the full cross: 2 models x 3 precisions x 2 XLA x
-   3 data x 2 distributions would be 72 processes), each measured as trainer.benchmark measures.
+   3 data x 2 distributions would be 72 processes), each measured as trainer.benchmark measures;
+   on GPUs, the cell of every GPU in one process again at other inter-op thread counts
+   (`inter_op_sweep`: launch/host.py's rule for them is not yet measured).
 Then one verdict table: what agrees, images/s, the share of the measured roof, the scaling from
 one GPU to all. OUT_DIR/gpu_check.jsonl gets a line per step, OUT_DIR/benchmark.png the chart.
-Aimed at under 15 minutes on one 8-GPU node (9 cells, most of the time; not yet
+Aimed at under 15 minutes on one 8-GPU node (11 cells, most of the time; not yet
 run on a GPU).
 
 --cpu runs the same steps on 2 devices (2 logical CPUs, 2 Horovod ranks, 2 workers) with the
@@ -97,12 +99,14 @@ def main(argv):
         records = record("records", steps.records(
             FLAGS.out_dir, FLAGS.subjects, round(FLAGS.image_size * FACE_TO_RECORD_SIDE),
             FLAGS.image_size, FLAGS.records))
+        planned = gpu_steps.cells(count, FLAGS.models, FLAGS.cpu, FLAGS.per_replica_batch_size,
+                                  FLAGS.crop_size, records["path"])
+        swept = [] if FLAGS.cpu else gpu_steps.inter_op_sweep(planned, count, devices["cores"])
         cells = []
-        for name, cell in gpu_steps.cells(count, FLAGS.models, FLAGS.cpu,
-                                          FLAGS.per_replica_batch_size, FLAGS.crop_size,
-                                          records["path"]):
+        for name, cell, environment in [(name, cell, {}) for name, cell in planned] + swept:
             print(f"[cell] {name}", file=sys.stderr, flush=True)
-            cells.append(record("cell", steps.cell(name, cell, _benchmark_steps())))
+            cells.append(record("cell", steps.cell(name, cell, _benchmark_steps(),
+                                                   environment)))
     print(gpu_steps.verdict(devices, checks, records, cells, count, FLAGS.cpu))
     print(f"chart: {gpu_steps.chart(cells, os.path.join(FLAGS.out_dir, 'benchmark.png'))}")
     print(f"JSON lines: {os.path.join(FLAGS.out_dir, 'gpu_check.jsonl')}")

@@ -90,13 +90,14 @@ class Steps:
                 "subjects": subjects, "image_size": image_size, "seconds": seconds,
                 "error": failed[0] if failed else None}
 
-    def cell(self, name, cell, steps):
-        """One benchmark cell, as trainer.benchmark measures it (trainer.bench.worker)."""
+    def cell(self, name, cell, steps, environment=None):
+        """One benchmark cell, as trainer.benchmark measures it (trainer.bench.worker), its
+        processes given `environment` too."""
         from trainer.bench import processes  # imports TensorFlow: not before exit code 4
 
         command = processes.worker_command("cell", {"cell": cell, **steps},
                                            cell["distribution"])
-        (code, out, err), seconds = self._run(command)
+        (code, out, err), seconds = self._run(command, environment)
         for line in out.splitlines():
             measured = processes.read_result(line)
             if measured and measured.get("process", 0) == 0:
@@ -114,8 +115,8 @@ class Steps:
                                           default=None),
                 "error": failed[0] if failed else None, "reports": reports}
 
-    def _run(self, command):
-        results, seconds = self._run_all([(command, {})])
+    def _run(self, command, environment=None):
+        results, seconds = self._run_all([(command, environment or {})])
         return results[0], seconds
 
     def _run_all(self, commands):
@@ -177,6 +178,18 @@ def cells(count, models, cpu, per_replica_batch_size, crop_size, records):
         if (on_cpu or not cpu) and cell not in chosen:
             chosen.append(cell)
     return [(_cell_name(cell, models[0], cpu), cell) for cell in chosen]
+
+
+def inter_op_sweep(planned, count, cores):
+    """[(name, cell, environment)]: the cell of every GPU in one process (mirrored, synthetic
+    data) again at other inter-op thread counts, through TF_NUM_INTEROP_THREADS (which
+    launch/host.py obeys): the CPU rule's and every core (tf_cnn_benchmarks'). The planned cell
+    itself runs launch/host.py's GPU rule."""
+    counts = sorted({host.INTER_OP_THREADS, cores} - {host.gpu_inter_op_threads(count, cores)})
+    return [(f"{name} inter-op {threads}", cell, {"TF_NUM_INTEROP_THREADS": str(threads)})
+            for name, cell in planned
+            if cell["distribution"] == f"mirrored:{count}" and cell["data"] == "synthetic"
+            for threads in counts]
 
 
 def _cell_name(cell, model, cpu):
