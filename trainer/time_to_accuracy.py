@@ -1,17 +1,26 @@
 """Time to accuracy, MLPerf style: seconds of training to a held-out accuracy (trainer.bench).
 
   python -m trainer.time_to_accuracy --records=runs/big/records_64 --crop_size=56 \\
-      --budget_seconds=1200 --eval_every_seconds=30 --cache --improved_epochs=30 \\
+      --budget_seconds=1200 --cache --improved_epochs=30 \\
       --improved=resnet:modern:mixed_bfloat16,resnet:modern --out_dir=runs/big/tta
+  # Another contender against the same baseline, without running it again:
+  python -m trainer.time_to_accuracy --records=runs/big/records_64 --crop_size=56 \\
+      --budget_seconds=1200 --cache --improved_epochs=20 \\
+      --baseline_from=runs/big/tta/time_to_accuracy.jsonl \\
+      --improved=resnet:modern:mixed_bfloat16 --out_dir=runs/big/tta_20_epochs
 
 The baseline (--baseline, the paper's network and recipe by default) trains for
---budget_seconds of training; the target is the best held-out accuracy it sustains within them
-(the mean of --smoothing consecutive evaluations). Each --improved contender then trains until
-it sustains that target, or its schedule or the budget ends. Each race runs in its own process.
-Out: a table, each contender's time against the baseline's, OUT_DIR/time_to_accuracy.jsonl with
-every curve, and its chart OUT_DIR/time_to_accuracy.png.
+--budget_seconds of training, evaluated every --baseline_eval_every_seconds; the target is the
+best held-out accuracy it sustains within them (the mean of a window of --smoothing consecutive
+evaluations). Each --improved contender then trains, evaluated every --eval_every_seconds, until
+it sustains that target, or its schedule or the budget ends. Every race is credited with the
+first evaluation whose window (it and the next ones) averages at least the target. Each race
+runs in its own process. Out: a table, each contender's time against the baseline's time to the
+target and to half a point below, OUT_DIR/time_to_accuracy.jsonl with every curve, and its chart
+OUT_DIR/time_to_accuracy.png.
 
-Exit codes: 0 when every race ran, 1 when one failed, 2 for bad flags.
+Exit codes: 0 when every race ran, 1 when one failed, 2 for bad flags or a --baseline_from
+measured with other settings.
 """
 
 from absl import flags
@@ -33,10 +42,15 @@ flags.DEFINE_string("distribution", "one_device", "Every race's: one_device, or 
 flags.DEFINE_float("budget_seconds", 1200, "Training seconds per race.", lower_bound=0)
 flags.DEFINE_float("target_accuracy", None, "A fixed target (0-1) instead of the baseline's "
                    "best.", lower_bound=0, upper_bound=1)
-flags.DEFINE_float("eval_every_seconds", None, "Training seconds between evaluations "
-                   "(default: the budget / 40).", lower_bound=0)
-flags.DEFINE_integer("smoothing", 3, "Evaluations averaged before comparing with the target "
-                     "(1: a single evaluation).", lower_bound=1)
+flags.DEFINE_float("eval_every_seconds", 5, "Training seconds between a contender's "
+                   "evaluations.", lower_bound=0)
+flags.DEFINE_float("baseline_eval_every_seconds", None, "Training seconds between the "
+                   "baseline's evaluations (default: the budget / 40).", lower_bound=0)
+flags.DEFINE_integer("smoothing", 3, "Evaluations in a window: a race is credited with the "
+                     "first evaluation whose mean with the next ones reaches the target (1: a "
+                     "single evaluation).", lower_bound=1)
+flags.DEFINE_string("baseline_from", None, "The time_to_accuracy.jsonl of an earlier run whose "
+                    "baseline, measured with the same settings, is reused instead of run.")
 flags.DEFINE_float("improved_epochs", 0, "The improved recipe's length in epochs (0: the "
                    "recipe's own).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "The seed of every race (initial weights, order, crops); "
@@ -69,11 +83,17 @@ _validator("distribution", races.check_distribution)
 def main(argv):
     del argv
     cli.start_process()
+    baseline_eval_every_seconds = FLAGS.baseline_eval_every_seconds or FLAGS.budget_seconds / 40
+    if FLAGS.budget_seconds < FLAGS.smoothing * baseline_eval_every_seconds:
+        raise entry.UserError(
+            f"--baseline_eval_every_seconds={baseline_eval_every_seconds:g}: the baseline "
+            f"would be evaluated fewer than --smoothing={FLAGS.smoothing} times in "
+            f"--budget_seconds={FLAGS.budget_seconds:g}, too few for a target")
     races.race_all(
-        FLAGS.baseline, FLAGS.improved, FLAGS.out_dir, target_accuracy=FLAGS.target_accuracy,
-        improved_epochs=FLAGS.improved_epochs, records=FLAGS.records, crop_size=FLAGS.crop_size,
-        budget_seconds=FLAGS.budget_seconds,
-        eval_every_seconds=FLAGS.eval_every_seconds or FLAGS.budget_seconds / 40,
+        FLAGS.baseline, FLAGS.improved, FLAGS.out_dir, baseline_eval_every_seconds,
+        target_accuracy=FLAGS.target_accuracy, improved_epochs=FLAGS.improved_epochs,
+        baseline_from=FLAGS.baseline_from, records=FLAGS.records, crop_size=FLAGS.crop_size,
+        budget_seconds=FLAGS.budget_seconds, eval_every_seconds=FLAGS.eval_every_seconds,
         distribution=FLAGS.distribution, smoothing=FLAGS.smoothing, seed=FLAGS.seed,
         cache=FLAGS.cache)
     return 0

@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a training machine
 from matplotlib import pyplot  # noqa: E402  (after the backend is chosen)
+from matplotlib import ticker  # noqa: E402
 
 SHORT_PRECISION = {"fp32": "fp32", "mixed_float16": "fp16", "mixed_bfloat16": "bf16"}
 
@@ -29,25 +30,37 @@ def throughput(results, path):
     return _save(figure, path)
 
 
-def time_to_accuracy(races, target, path):
-    """Held-out accuracy against training seconds: per race, each evaluation as a faint dot and
-    their running mean (what the target is compared with) as a line. Returns `path`."""
+def time_to_accuracy(races, target, half_point, path):
+    """Held-out accuracy against training seconds (a log axis: equal gaps are equal ratios):
+    per race, each evaluation as a faint dot and, as a line, each evaluation's window (its mean
+    with the next ones, what is compared with the target), the credited evaluation circled; the
+    target and half a point below it as dashed lines. Returns `path`."""
     figure, axes = pyplot.subplots(figsize=(8, 4.5))
     for race in races:
         seconds = [point["seconds"] for point in race["curve"]]
-        line, = axes.plot([0.0] + seconds,
-                          [0.0] + [100 * point["smoothed"] for point in race["curve"]],
+        windows = [(point["seconds"], 100 * point["sustained"]) for point in race["curve"]
+                   if point["sustained"] is not None]
+        line, = axes.plot(*zip(*windows) if windows else ([], []),
                           label=f"{race['name']}: {race['model']}, {race['recipe']} recipe, "
                                 f"{SHORT_PRECISION.get(race['precision'], race['precision'])}")
         axes.plot(seconds, [100 * point["accuracy"] for point in race["curve"]], ".",
                   color=line.get_color(), alpha=0.35, markersize=4)
+        credited = next((window for window in windows if window[1] >= 100 * target), None)
+        if credited:
+            axes.plot(*credited, "o", color=line.get_color(), fillstyle="none", markersize=9)
     axes.axhline(100 * target, color="gray", linestyle="--",
                  label=f"target {100 * target:.1f}%")
-    axes.set_xlabel("training seconds (evaluation excluded)")
-    axes.set_ylabel("held-out exact accuracy (%), running mean")
-    axes.set_title("Time to accuracy")
+    axes.axhline(100 * (target - half_point), color="gray", linestyle=":",
+                 label=f"half a point below, {100 * (target - half_point):.1f}%")
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda seconds, _: f"{seconds:g}"))
+    axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set_xlabel("training seconds (log scale; evaluation excluded)")
+    axes.set_ylabel("held-out exact accuracy (%)")
+    axes.set_title("Time to accuracy: dots each evaluation, lines its window's mean")
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
 
 

@@ -2,28 +2,44 @@
 target held-out accuracy on the same records.
 
 The baseline (the paper's network and recipe) trains for a budget of seconds; the target is the
-best held-out accuracy it reaches within it, unless one is given. Each improved contender then
-trains until it reaches that target, or its schedule or the budget ends. All are evaluated on
-the held-out fold (subject-exclusive, center crop) every `eval_every_seconds` of training.
+best held-out accuracy it sustains within it, unless one is given. Each improved contender then
+trains until it sustains that target, or its schedule or the budget ends. All are evaluated on
+the held-out fold (subject-exclusive, center crop): the contenders every few seconds of
+training, so that a fast one's time is not rounded to a coarse grid, the baseline as often as
+its budget warrants (its evaluations are wall time it does not need to spend).
 
-"Reaches" means sustains: the accuracy compared is the mean of the last `smoothing`
-evaluations. A held-out fold of a few hundred faces from a few dozen people moves by a couple of
-points from one evaluation to the next; the best single evaluation of a curve that has levelled
-off is such a spike, and a target set by it says more about luck than about the recipes.
+"Sustains" means a window of `smoothing` (3) evaluations: a race is credited with the first
+evaluation whose mean with the next two is at or above the target, every race alike, the
+baseline too; the last two evaluations of a curve begin no window and are never credited. A
+held-out fold of a few hundred faces from a few dozen people moves by a couple of points from
+one evaluation to the next; the best single evaluation of a curve that has levelled off is such
+a spike, and a target set by it says more about luck than about the recipes. Crediting the
+window's first evaluation, not its last, keeps the smoothing from adding two evaluations' lag
+to every time, a lag that would be a large share of a fast contender's.
 
-The clock counts training steps only, tracing included; evaluation is excluded, so that the
-curve does not depend on how often it is drawn. Each race runs in its own process
-(`trainer.bench.worker`).
+The clock counts training only: the steps, tracing included, and the building of the training
+stream (it may read and decode the data); evaluation is excluded, so that the curve does not
+depend on how often it is drawn. Each race runs in its own process (`trainer.bench.worker`).
+A baseline's curve can be reused from the JSON lines of an earlier run measured with the same
+settings (`reused_baseline`), so that trying changes does not run the baseline each time.
 """
 
 import dataclasses
+import datetime
+import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
+import time
 
+import tensorflow as tf
+
+from input import schema
 from launch import entry
+from launch import host
 from trainer import loop
 from trainer import models
 from trainer import recipes
@@ -31,6 +47,15 @@ from trainer.bench import charts
 from trainer.bench import output
 from trainer.bench import processes
 from trainer.bench import timing
+
+# The baseline creeps along its plateau; its time to half a point below the target is the
+# second mark a contender is compared with.
+HALF_POINT = 0.005
+# What a reused baseline must share with the one it stands in for: what shapes its curve or
+# its seconds. The records are compared by their manifest, wherever the folder now is.
+BASELINE_SETTINGS = ("model", "recipe", "precision", "epochs", "records_manifest_sha256",
+                     "held_out_fold", "crop_size", "budget_seconds", "eval_every_seconds",
+                     "smoothing", "seed", "cache", "distribution", "machine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +70,8 @@ class Race:
     distribution: str = "one_device"  # or mirrored:N; one process per race
     precision: str = "fp32"
     epochs: float = 0  # 0: the recipe's own length
-    target: float | None = None  # stop when the (smoothed) held-out accuracy reaches it
-    smoothing: int = 3  # evaluations averaged
+    target: float | None = None  # stop when a window of evaluations sustains it
+    smoothing: int = 3  # evaluations in a window
     held_out_fold: int = 0
     seed: int = 0
     cache: bool = False  # decoded training records kept in memory (--cache)
@@ -76,38 +101,125 @@ def check_distribution(text):
         raise ValueError(f"{text!r}: a race runs in one process (one_device or mirrored:N)")
 
 
-def race_all(baseline, improved, out_dir, target_accuracy=None, improved_epochs=0, **common):
-    """The baseline's race sets the target (unless `target_accuracy` is given), then the
-    improved ones run to it. Prints the table and the ratios; writes
-    OUT_DIR/time_to_accuracy.jsonl and its chart.
+def race_all(baseline, improved, out_dir, baseline_eval_every_seconds, target_accuracy=None,
+             improved_epochs=0, baseline_from=None, **common):
+    """The baseline's race (or its curve reused from `baseline_from`) sets the target (unless
+    `target_accuracy` is given), then the improved ones run to it. Prints the table and the
+    ratios; writes OUT_DIR/time_to_accuracy.jsonl and its chart.
 
     Args:
       baseline, improved: contender specs, "MODEL:RECIPE[:PRECISION]" (see `contender`).
+      baseline_eval_every_seconds: the baseline's cadence (`common` has the contenders').
       improved_epochs: the improved recipe's length (0: the recipe's own).
+      baseline_from: the JSON lines of an earlier run whose baseline is reused, or None.
       common: the other fields of `Race`, the same in every race.
     """
+    measured_with = {"records_manifest_sha256": manifest_sha256(common["records"]),
+                     "machine": machine()}
+    baseline_race = Race("baseline", **contender(baseline), **{
+        **common, "eval_every_seconds": baseline_eval_every_seconds})
+    reused = reused_baseline(baseline_from, {**dataclasses.asdict(baseline_race),
+                                             **measured_with}) if baseline_from else None
+    window = common["smoothing"]
     with output.open_jsonl(out_dir, "time_to_accuracy.jsonl") as out:
-        print(f"baseline: {baseline} for {common['budget_seconds']:g} s of training",
-              file=sys.stderr, flush=True)
-        baseline_result = run_race(Race("baseline", **contender(baseline), **common))
-        target = target_accuracy or max(p["smoothed"] for p in baseline_result["curve"])
+        if reused:
+            say(f"baseline: {baseline}, reused from {baseline_from} (measured "
+                f"{reused.get('date', 'on an unknown date')}), not run again")
+            baseline_result = {**reused, "reused_from": os.path.abspath(baseline_from)}
+        else:
+            say(f"baseline: {baseline} for {common['budget_seconds']:g} s of training")
+            baseline_result = {**run_race(baseline_race), **measured_with, "date": now()}
+        target = target_accuracy or best_sustained(baseline_result["curve"], window)
+        if target is None:
+            raise entry.Failure(f"the baseline was evaluated {len(baseline_result['curve'])} "
+                                f"times, fewer than a window of {window}: lower "
+                                f"--baseline_eval_every_seconds")
         improved_results = []
         for number, spec in enumerate(improved, 1):
-            print(f"improved {number}: {spec} to {100 * target:.1f}%", file=sys.stderr,
-                  flush=True)
-            improved_results.append(run_race(Race(
+            say(f"improved {number}: {spec} to {100 * target:.1f}%")
+            improved_results.append({**run_race(Race(
                 f"improved {number}", **contender(spec), epochs=improved_epochs,
-                target=target, **common)))
+                target=target, **common)), **measured_with, "date": now()})
         for race in (baseline_result, *improved_results):
-            out.write(json.dumps({**race, "target": target}) + "\n")
+            out.write(json.dumps({**race, "target": target,
+                                  **compared(race, baseline_result, target)}) + "\n")
     chart = charts.time_to_accuracy([baseline_result, *improved_results], target,
-                                    os.path.join(out_dir, "time_to_accuracy.png"))
+                                    HALF_POINT, os.path.join(out_dir, "time_to_accuracy.png"))
     print(f"time to accuracy: {common['records']}, held-out fold 0, {common['crop_size']}x"
           f"{common['crop_size']} crops, budget {common['budget_seconds']:g} s of training, "
-          f"seed {common['seed']}")
+          f"seed {common['seed']}; evaluated every {common['eval_every_seconds']:g} s of "
+          f"training (the baseline every {baseline_result['eval_every_seconds']:g} s); a race "
+          f"is credited with its first evaluation whose mean with the next {window - 1} "
+          f"reaches the target")
+    if reused:
+        print(f"baseline reused from {baseline_from}, measured {reused.get('date', '?')}")
     for line in summary(baseline_result, improved_results, target):
         print(line)
     print(f"chart: {chart}")
+
+
+def say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def now():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def manifest_sha256(records):
+    """The identity of a records folder: its manifest's hash (it lists every shard's size and
+    the mean image's hash). A UserError naming the file when it cannot be read."""
+    path = os.path.join(records, schema.MANIFEST)
+    try:
+        with open(path, "rb") as manifest:
+            return hashlib.sha256(manifest.read()).hexdigest()
+    except OSError as error:
+        raise entry.UserError(f"--records={records}: {entry.path_error(error)}") from None
+
+
+def machine():
+    """What a race's seconds depend on besides its settings: the processor, the cores this
+    process may use and TensorFlow's version."""
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            processor = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                              if line.startswith("model name")), processor)
+    except OSError:
+        pass  # not Linux: the platform's own name
+    return {"processor": processor, "cores": host.available_cores(),
+            "tensorflow": tf.__version__}
+
+
+def reused_baseline(path, settings):
+    """The latest baseline race in the JSON lines at `path` measured with `settings` (a
+    Race's fields with the records' manifest hash and the machine).
+
+    Raises:
+      entry.UserError: one line naming the file and, when its latest baseline was measured
+        otherwise, what differs.
+    """
+    try:
+        with open(path) as lines:
+            saved = [json.loads(line) for line in lines if line.strip()]
+    except OSError as error:
+        raise entry.UserError(f"--baseline_from={path}: {entry.path_error(error)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise entry.UserError(f"--baseline_from={path}: not the JSON lines of "
+                              f"trainer.time_to_accuracy") from None
+    baselines = [race for race in saved
+                 if isinstance(race, dict) and race.get("name") == "baseline"]
+    if not baselines:
+        raise entry.UserError(f"--baseline_from={path}: no baseline race in it")
+    for race in reversed(baselines):
+        if all(race.get(key) == settings[key] for key in BASELINE_SETTINGS):
+            return race
+    latest = baselines[-1]
+    differs = "; ".join(f"{key} {latest.get(key)!r} there, {settings[key]!r} here"
+                        for key in BASELINE_SETTINGS if latest.get(key) != settings[key])
+    raise entry.UserError(f"--baseline_from={path}: its baseline was measured with other "
+                          f"settings ({differs}): run the baseline again without "
+                          f"--baseline_from")
 
 
 def run_race(race):
@@ -124,10 +236,8 @@ def run_race(race):
     for line in process.stdout:
         if line.startswith('{"race"'):
             point = json.loads(line)
-            print(f"  {point['race']}: {point['seconds']:7.1f} s, step {point['step']:>6}: "
-                  f"held-out exact {point['accuracy']:.3f} (smoothed {point['smoothed']:.3f}), "
-                  f"1-off {point['accuracy_1off']:.3f}",
-                  file=sys.stderr, flush=True)
+            say(f"  {point['race']}: {point['seconds']:7.1f} s, step {point['step']:>6}: "
+                f"held-out exact {point['accuracy']:.3f}, 1-off {point['accuracy_1off']:.3f}")
         else:
             result = processes.read_result(line) or result
     process.wait()
@@ -140,7 +250,7 @@ def run_race(race):
 
 def train_and_evaluate(race, threads=None):
     """Runs in the race's process: the real job and step, evaluated on the clock's marks.
-    Returns {"curve": [{"seconds", "step", "accuracy", "accuracy_1off", "smoothed"}],
+    Returns {"curve": [{"seconds", "step", "accuracy", "accuracy_1off", "sustained"}],
     "stopped", ...}."""
     from trainer import evaluation
     from trainer import strategy
@@ -155,11 +265,13 @@ def train_and_evaluate(race, threads=None):
         crop_size=race.crop_size, precision=race.precision, seed=race.seed, cache=race.cache,
         input_threads=threads)
     job = loop.prepare(config, backend)
-    timer = timing.StepTimer(job)
     held_out = evaluation.evaluator(backend, job.info, job.model,
                                     job.plan["global_batch_size"], 1, race.crop_size, threads)
+    started = time.perf_counter()
+    timer = timing.StepTimer(job)  # on the clock: building the stream may read the data
+    seconds = time.perf_counter() - started
     total = job.plan["total_steps"]
-    curve, seconds, next_eval, stopped = [], 0.0, race.eval_every_seconds, "schedule"
+    curve, next_eval, stopped = [], race.eval_every_seconds, "schedule"
     for step in range(1, total + 1):
         seconds += timer.window(1)  # the clock runs while the race trains, not evaluates
         out_of_time = seconds >= race.budget_seconds
@@ -167,57 +279,99 @@ def train_and_evaluate(race, threads=None):
             evaluated = held_out()
             curve.append({"seconds": seconds, "step": step, "accuracy": evaluated["accuracy"],
                           "accuracy_1off": evaluated["accuracy_1off"]})
-            curve[-1]["smoothed"] = smoothed(curve, race.smoothing)
             print(json.dumps({"race": race.name, **curve[-1]}), flush=True)
             next_eval = seconds + race.eval_every_seconds
-            if race.target is not None and curve[-1]["smoothed"] >= race.target:
+            if (race.target is not None
+                    and time_to(curve, race.target, race.smoothing) is not None):
                 stopped = "target"
                 break
             if out_of_time:
                 stopped = "budget"
                 break
+    for point, mean in zip(curve, window_means(curve, race.smoothing)):
+        point["sustained"] = mean
     return {**dataclasses.asdict(race), "curve": curve, "stopped": stopped,
             "total_steps": total, "global_batch_size": job.plan["global_batch_size"],
             "images_per_sec": curve[-1]["step"] * job.plan["global_batch_size"] / seconds}
 
 
-def smoothed(curve, evaluations):
-    """The mean exact accuracy of the curve's last `evaluations` points (fewer at its start)."""
-    window = curve[-evaluations:]
-    return sum(point["accuracy"] for point in window) / len(window)
+def window_means(curve, window, key="accuracy"):
+    """Per evaluation of `curve`, the mean `key` of it and the next `window` - 1 evaluations;
+    None for the last `window` - 1, which begin no full window."""
+    values = [point[key] for point in curve]
+    return [sum(values[index:index + window]) / window
+            if index + window <= len(values) else None for index in range(len(values))]
 
 
-def time_to(curve, target):
-    """Training seconds of the first evaluation whose smoothed accuracy is at or above
-    `target` (None if never)."""
-    return next((point["seconds"] for point in curve if point["smoothed"] >= target), None)
+def best_sustained(curve, window):
+    """The best mean exact accuracy of `window` consecutive evaluations (None: too few)."""
+    return max((mean for mean in window_means(curve, window) if mean is not None), default=None)
+
+
+def time_to(curve, target, window):
+    """Training seconds of the first evaluation whose window (it and the next `window` - 1)
+    averages at least `target`; None if there is none."""
+    return next((point["seconds"] for point, mean in zip(curve, window_means(curve, window))
+                 if mean is not None and mean >= target), None)
+
+
+def compared(race, baseline, target):
+    """The race's time to `target` and, for a contender, how many times sooner than the
+    baseline it is: against the baseline's time to the target and to half a point below."""
+    window = baseline["smoothing"]
+    seconds = time_to(race["curve"], target, window)
+    to_target = time_to(baseline["curve"], target, window)
+    below = time_to(baseline["curve"], target - HALF_POINT, window)
+    if race is baseline:
+        return {"seconds_to_target": seconds, "seconds_to_half_point_below": below}
+    return {"seconds_to_target": seconds,
+            "sooner": None if seconds is None or to_target is None else to_target / seconds,
+            "sooner_than_half_point_below": None if seconds is None or below is None
+            else below / seconds}
 
 
 def summary(baseline, improved, target):
     """The table and, for each improved race, its time to the target against the baseline's,
-    as lines of text. "exact" is the race's best smoothed accuracy, "1-off" the 1-off of that
-    evaluation."""
+    as lines of text. "exact" and "1-off" are the race's best window's means."""
+    window = baseline["smoothing"]
     lines = [f"{'race':<10} {'model':<14} {'recipe':<7} {'precision':<15} {'steps':>6} "
-             f"{'train s':>8} {'images/s':>8} {'exact':>6} {'1-off':>6} {'to target':>9}  "
-             f"stopped by"]
+             f"{'train s':>8} {'images/s':>8} {'evals':>5} {'exact':>6} {'1-off':>6} "
+             f"{'to target':>9}  stopped by"]
     for race in [baseline, *improved]:
-        best = max(race["curve"], key=lambda point: point["smoothed"])
-        reached = time_to(race["curve"], target)
+        curve = race["curve"]
+        means = list(zip(window_means(curve, window), window_means(curve, window,
+                                                                   "accuracy_1off")))
+        exact, one_off = max((pair for pair in means if pair[0] is not None),
+                             default=(None, None))
+        reached = time_to(curve, target, window)
         lines.append(
             f"{race['name']:<10} {race['model']:<14} {race['recipe']:<7} "
-            f"{race['precision']:<15} {race['curve'][-1]['step']:>6} "
-            f"{race['curve'][-1]['seconds']:>8.1f} {race['images_per_sec']:>8.1f} "
-            f"{100 * best['smoothed']:>5.1f}% {100 * best['accuracy_1off']:>5.1f}% "
-            f"{'never' if reached is None else f'{reached:.1f} s':>9}  {race['stopped']}")
-    baseline_time = time_to(baseline["curve"], target)
-    for race in improved:
-        improved_time = time_to(race["curve"], target)
-        if improved_time is None:
-            ended = race["curve"][-1]["seconds"]
-            lines.append(f"{race['name']}: never reached {100 * target:.1f}% (stopped by its "
-                         f"{race['stopped']} after {ended:.1f} s of training)")
-        else:
-            lines.append(f"{race['name']}: {100 * target:.1f}% held-out exact accuracy "
-                         f"{baseline_time / improved_time:.1f}x sooner than the baseline "
-                         f"({improved_time:.1f} s vs {baseline_time:.1f} s; goal >= 3x)")
-    return lines
+            f"{race['precision']:<15} {curve[-1]['step']:>6} {curve[-1]['seconds']:>8.1f} "
+            f"{race['images_per_sec']:>8.1f} {len(curve):>5} {_percent(exact):>6} "
+            f"{_percent(one_off):>6} {'never' if reached is None else f'{reached:.1f} s':>9}"
+            f"  {race['stopped']}")
+    return lines + [_ratio_line(race, baseline, target) for race in improved]
+
+
+def _percent(accuracy):
+    return "-" if accuracy is None else f"{100 * accuracy:.1f}%"
+
+
+def _ratio_line(race, baseline, target):
+    times = compared(race, baseline, target)
+    ended = race["curve"][-1]["seconds"]
+    if times["seconds_to_target"] is None:
+        return (f"{race['name']}: never sustained {100 * target:.1f}% (stopped by its "
+                f"{race['stopped']} after {ended:.1f} s of training)")
+    to_target = compared(baseline, baseline, target)
+    if times["sooner"] is None:
+        return (f"{race['name']}: sustained {100 * target:.1f}% after "
+                f"{times['seconds_to_target']:.1f} s; the baseline never did")
+    line = (f"{race['name']}: sustained {100 * target:.1f}% held-out exact accuracy "
+            f"{times['sooner']:.1f}x sooner than the baseline "
+            f"({times['seconds_to_target']:.1f} s vs {to_target['seconds_to_target']:.1f} s)")
+    if times["sooner_than_half_point_below"] is not None:
+        line += (f"; {times['sooner_than_half_point_below']:.1f}x against the baseline's "
+                 f"{to_target['seconds_to_half_point_below']:.1f} s to "
+                 f"{100 * (target - HALF_POINT):.1f}%")
+    return line
