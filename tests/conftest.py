@@ -184,6 +184,18 @@ def records(synthetic_tree, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def raw_records(synthetic_tree, tmp_path_factory):
+    """Raw-pixel records of the same tree, 1 shard per fold (so that 2 replicas or pipelines
+    share the held-out fold's file record by record)."""
+    from input import build
+
+    out = tmp_path_factory.mktemp("raw_records")
+    build.build(str(synthetic_tree), str(out), shards_per_split=1, workers=1,
+                image_format="raw", image_size=TINY_RECORD_SIZE)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_export(python, records, tmp_path_factory):
     """A SavedModel version folder (holding saved_model.pb) of the tiny model trained 3 steps
     on `records`: one export for every test that serves or predicts from one."""

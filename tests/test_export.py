@@ -28,17 +28,6 @@ TRAIN = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
 
 
 @pytest.fixture(scope="module")
-def raw_records(synthetic_tree, tmp_path_factory):
-    """Raw-pixel records: the evaluation path sees exactly the pixels export computes."""
-    from input import build
-
-    out = tmp_path_factory.mktemp("raw_records")
-    build.build(str(synthetic_tree), str(out), shards_per_split=1, workers=1,
-                image_format="raw", image_size=TINY_RECORD_SIZE)
-    return out
-
-
-@pytest.fixture(scope="module")
 def trained(python, raw_records, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("job")
     train(python, model_dir, raw_records, *TRAIN)
