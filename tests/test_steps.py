@@ -29,7 +29,7 @@ batch = {"image": images, "crop_offset": np.zeros((4, 2), np.int32),
          "flip": np.zeros(4, bool), "label": np.zeros(4, np.int32)}
 dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(2)
 distributed = backend.distribute_dataset(lambda n, i, b: dataset, 4)
-step = steps.train_step(backend, model, optimizer, 4, 3)
+step = steps.train_step(backend, steps.replica_train_step(backend, model, optimizer, 4, 3))
 step(next(iter(distributed)))
 after = model.get_weights()
 print(json.dumps({"finite": bool(all(np.all(np.isfinite(w)) for w in after)),

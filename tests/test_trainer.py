@@ -79,7 +79,9 @@ def one_device_runs(python, tmp_path_factory):
 @pytest.mark.parametrize("strategy", ["mirrored", "multi_worker", "horovod"])
 def test_strategies_train_the_same_weights_as_one_device(python, horovodrun, tmp_path,
                                                          one_device_runs, strategy, variant):
-    flags = [*SAME_BATCHES, *VARIANTS[variant]]
+    # Two steps per call (against one on the reference): the strategy's collectives run
+    # inside the call's loop too.
+    flags = [*SAME_BATCHES, *VARIANTS[variant], "--steps_per_call=2"]
     if strategy == "mirrored":
         result = run(trainer(python, tmp_path, "--strategy=mirrored", "--logical_cpus=2",
                              *flags))
@@ -101,6 +103,17 @@ def test_strategies_train_the_same_weights_as_one_device(python, horovodrun, tmp
         (one_device_runs[variant] / "metrics.jsonl").read_text())]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+
+
+def test_several_steps_per_call_end_at_the_same_weights_and_log_at_the_same_steps(
+        python, tmp_path, one_device_runs):
+    result = run(trainer(python, tmp_path, "--strategy=one_device", *SAME_BATCHES,
+                         *VARIANTS["plain"], "--steps_per_call=5", "--log_every=5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in json_lines(result.stdout) if "train/loss" in r] == [5, 6]
+    assert json.loads((tmp_path / "run.json").read_text())["steps_per_call"] == 5
+    reference = checkpoint_values(one_device_runs["plain"])  # one step per call
+    assert largest_difference(checkpoint_values(tmp_path), reference) == 0
 
 
 def test_a_doubled_reduction_would_be_caught(python, tmp_path, one_device_runs):

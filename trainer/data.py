@@ -4,7 +4,18 @@
 fold) and gives what the model needs from them (classes, the training folds' mean image).
 The synthetic source ("--data=synthetic") makes batches in memory from the seed alone: the
 benchmark uses it to tell whether training is input-bound, and the tests use it to feed every
-strategy exactly the same global batch (records would give each worker its own files).
+strategy exactly the same global batch (records would give each worker its own files). The
+resident source ("--data=resident", trainer.resident) decodes the records once and keeps them
+on each replica's device, where the step gathers, crops and flips its batch.
+
+A feed gives a compiled call (trainer.steps) its batches, the same way for every source:
+
+    state = feed.start()              eager, once per pass (training: once; evaluation: each
+                                      one); an argument of the tf.function
+    inputs = feed.inputs(state, step) in the tf.function, cross-replica: what each replica is
+                                      handed for `step` (int64 tensor: the global index of the
+                                      step's batch, 0-based; evaluation: 0 .. steps - 1)
+    batch = feed.batch(inputs)        in the replica function: that replica's batch
 """
 
 import dataclasses
@@ -18,7 +29,8 @@ from input import pipeline
 from input import records as records_lib
 from launch import entry
 
-SOURCES = ("records", "synthetic")
+SOURCES = ("records", "synthetic", "resident")
+FROM_RECORDS = ("records", "resident")
 SYNTHETIC_STEPS = 8  # distinct global batches of the synthetic source, cycled
 SYNTHETIC_PIXEL_MEAN = 127.5
 
@@ -48,7 +60,7 @@ def describe(source, records_dir, task, held_out_fold, crop_size):
         names = adience.AGE_GROUP_NAMES if task == "age" else adience.GENDER_NAMES
         mean = np.full((crop_size, crop_size, 3), SYNTHETIC_PIXEL_MEAN, np.float32)
         return DataInfo(source, None, task, tuple(names), mean, (), (), 0, 0)
-    records = records_lib.load(records_dir)
+    records = records_lib.load(records_dir)  # records or resident
     settings = records.settings
     if settings["task"] != task:
         raise entry.UserError(
@@ -60,7 +72,7 @@ def describe(source, records_dir, task, held_out_fold, crop_size):
             f"than the {crop_size}x{crop_size} crops: rebuild with --image_size of at least "
             f"{crop_size} or lower --crop_size")
     train_splits, eval_splits = records.protocol_splits(held_out_fold)
-    return DataInfo("records", records, task, records.class_names,
+    return DataInfo(source, records, task, records.class_names,
                     records.mean_image(train_splits), tuple(train_splits), tuple(eval_splits),
                     records.examples(train_splits), records.examples(eval_splits))
 
@@ -68,6 +80,43 @@ def describe(source, records_dir, task, held_out_fold, crop_size):
 def replace_eval_splits(info, split_names):
     return dataclasses.replace(info, eval_splits=tuple(split_names),
                                eval_examples=info.records.examples(split_names))
+
+
+class StreamFeed:
+    """The feed of a distributed dataset (records or synthetic): each step takes its next
+    batch."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+
+    def start(self):
+        return iter(self._dataset)
+
+    def inputs(self, state, step):
+        del step  # the dataset already starts at the first step
+        return next(state)
+
+    def batch(self, inputs):
+        return inputs
+
+
+def train_feed(backend, info, global_batch_size, start_step, seed, deterministic, crop_size,
+               cache=False, threads=None):
+    """The training feed from `start_step` on."""
+    if info.source == "resident":
+        from trainer import resident  # pylint: disable=import-outside-toplevel
+        return resident.train_feed(backend, info, global_batch_size, seed, crop_size, threads)
+    return StreamFeed(train_batches(backend, info, global_batch_size, start_step, seed,
+                                    deterministic, crop_size, cache, threads))
+
+
+def eval_feed(backend, info, global_batch_size, crops, crop_size, threads=None):
+    """(the held-out feed, its steps): every held-out example once over all workers."""
+    if info.source == "resident":
+        from trainer import resident  # pylint: disable=import-outside-toplevel
+        return resident.eval_feed(backend, info, global_batch_size, crops, crop_size, threads)
+    dataset, steps = eval_batches(backend, info, global_batch_size, crops, crop_size, threads)
+    return StreamFeed(dataset), steps
 
 
 def train_batches(backend, info, global_batch_size, start_step, seed, deterministic,

@@ -6,7 +6,7 @@ summed over replicas and workers, then over batches, so that every held-out exam
 exactly once under any strategy; the total is checked against the records' count.
 """
 
-import numpy as np
+import tensorflow as tf
 
 from launch import entry
 from trainer import checkpoint as checkpoint_lib
@@ -15,13 +15,14 @@ from trainer import metrics
 from trainer import steps
 
 
-def run(step_fn, dataset, eval_steps, info):
-    """Runs the evaluation steps of `dataset`; returns metrics.summarize of the summed counts."""
-    confusion = np.zeros((info.num_classes, info.num_classes), np.int64)
-    batches = iter(dataset)
-    for _ in range(eval_steps):
-        confusion += step_fn(next(batches)).numpy()
-    summary = metrics.summarize(confusion, info.class_names)
+def run(step_fn, feed, eval_steps, info):
+    """Runs the evaluation steps of `feed`; returns metrics.summarize of the summed counts
+    (read from the device once, at the end)."""
+    state = feed.start()
+    confusion = tf.zeros((info.num_classes, info.num_classes), tf.int64)
+    for index in range(eval_steps):
+        confusion += tf.cast(step_fn(state, tf.constant(index, tf.int64)), tf.int64)
+    summary = metrics.summarize(confusion.numpy(), info.class_names)
     if summary["examples"] != info.eval_examples:
         raise RuntimeError(f"evaluation counted {summary['examples']} examples, the records "
                            f"hold {info.eval_examples}")
@@ -31,10 +32,10 @@ def run(step_fn, dataset, eval_steps, info):
 def evaluator(backend, info, model, global_batch_size, crops, crop_size, threads=None):
     """A function() -> the metrics of `model` (as it is when called) on `info`'s held-out
     split; the dataset and the step are built once."""
-    dataset, eval_steps = data.eval_batches(backend, info, global_batch_size, crops, crop_size,
-                                            threads)
-    step_fn = steps.eval_step(backend, model, info.num_classes)
-    return lambda: run(step_fn, dataset, eval_steps, info)
+    feed, eval_steps = data.eval_feed(backend, info, global_batch_size, crops, crop_size,
+                                      threads)
+    step_fn = steps.eval_step(backend, model, info.num_classes, feed)
+    return lambda: run(step_fn, feed, eval_steps, info)
 
 
 def evaluate_checkpoint(backend, run_info, info, checkpoint_path, global_batch_size, crops,

@@ -1,15 +1,21 @@
 """The one training loop, for every strategy: `train(config, backend)`.
 
-    for step in first+1 .. total:      (first = the restored checkpoint's step, else 0)
+    step = first                        (the restored checkpoint's step, else 0)
+    while step < total:
         stop if any process was signalled (all agree, see trainer.strategy)
-        run the step on every replica; stop with an error on a non-finite loss
-        log / checkpoint / evaluate when it is time
+        run the next call: up to --steps_per_call steps on every replica, ending early at the
+            next log, checkpoint or evaluation (trainer.steps.train_call)
+        when it is time to log, checkpoint or evaluate: read the calls' metrics from the
+            device (the only host reads), stop with an error on a non-finite loss, then do it
+
+Between those points nothing is read back: the host queues calls while the device computes.
 
 The input skips straight to the first step, so that with --deterministic a resumed job sees
 exactly the batches an uninterrupted one would have. Only the chief writes checkpoints, logs
 and run.json; every process runs the same steps.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -72,6 +78,7 @@ class TrainConfig:
     input_threads: int | None = None
     batch_norm: str = "sync"  # one of strategy.BATCH_NORMS
     global_batch_size: int | None = None  # None: the recipe's per-replica batch x replicas
+    steps_per_call: int = 1  # training steps run in one tf.function call
 
 
 def is_time(step, every, total):
@@ -116,12 +123,12 @@ def describe_data(config):
                          config.crop_size)
 
 
-def train_step(job):
-    """The job's distributed training step: batch -> {"loss", "correct"} summed globally."""
+def replica_step(job):
+    """The job's training step for one replica (trainer.steps.replica_train_step)."""
     config, family, recipe = job.config, models.get(job.config.model), job.config.recipe
     weight_decay = family.weight_decay if recipe.weight_decay is None else recipe.weight_decay
     decay_variables = family.decay_variables(job.model)
-    return steps_lib.train_step(
+    return steps_lib.replica_train_step(
         job.backend, job.model, job.optimizer, job.plan["global_batch_size"],
         job.info.num_classes, label_smoothing=recipe.label_smoothing,
         regularization=(lambda: recipes.l2_term(decay_variables, weight_decay))
@@ -130,12 +137,20 @@ def train_step(job):
         xla=config.xla)
 
 
-def batches(job, first_step):
-    """The job's training batches from `first_step` on."""
+def train_step(job):
+    """The job's distributed training step: batch -> {"loss", "correct"} summed globally."""
+    return steps_lib.train_step(job.backend, replica_step(job))
+
+
+def train_call(job, first_step):
+    """(the job's training call, its feed's state) from `first_step` on: see
+    trainer.steps.train_call and trainer.data's feeds."""
     config = job.config
-    return iter(data.train_batches(job.backend, job.info, job.plan["global_batch_size"],
-                                   first_step, config.seed, config.deterministic,
-                                   config.crop_size, config.cache, config.input_threads))
+    feed = data.train_feed(job.backend, job.info, job.plan["global_batch_size"], first_step,
+                           config.seed, config.deterministic, config.crop_size, config.cache,
+                           config.input_threads)
+    return (steps_lib.train_call(job.backend, replica_step(job), job.optimizer, feed),
+            feed.start())
 
 
 def train(config, backend, info=None):
@@ -235,42 +250,48 @@ def _build(config, backend, info, plan):
 
 
 def _loop(job, checkpoints, writer, stop):
-    config, backend, plan, model, optimizer, step = (job.config, job.backend, job.plan,
-                                                     job.model, job.optimizer, job.step)
+    config, backend, plan, model, step = (job.config, job.backend, job.plan, job.model,
+                                          job.step)
     first, total = int(step.numpy()), plan["total_steps"]
-    run_step, stream = train_step(job), batches(job, first)
+    call, state = train_call(job, first)
     evaluator = _evaluator(config, backend, job.info, model, plan["global_batch_size"])
     average_statistics = _statistics_averager(job)  # before each evaluation and checkpoint
-    window, last_eval, stopped_by = _Window(), None, None
-    for current in range(first + 1, total + 1):
-        if stop.requested(current - 1):
+    periods = {"log": config.log_every, "checkpoint": config.checkpoint_every,
+               **({"evaluate": plan["eval_every"]} if evaluator else {})}
+    # The clock starts after the first call, which traces and compiles: not in images/s.
+    window, last_eval, stopped_by, current = _Window(), None, None, first
+    while current < total:
+        if stop.requested(current):
             stopped_by = stop.received or "a signal to another process"
             break
-        learning_rate = float(optimizer.learning_rate)  # the rate this step uses
-        started = time.perf_counter()
-        result = _run(run_step, stream, config, checkpoints)
-        loss, correct = float(result["loss"]), float(result["correct"])
-        # The first step of a process traces and compiles: not counted in images/s.
-        seconds = time.perf_counter() - started if current > first + 1 else None
-        window.add(seconds, plan["global_batch_size"], loss, correct, learning_rate)
+        steps = call_length(current, total, config.steps_per_call, periods.values())
+        with _records_errors(config, checkpoints):
+            window.add(call(state, tf.constant(current, tf.int64),
+                            tf.constant(steps, tf.int64)), steps)
+        current += steps
         step.assign(current)
-        if not math.isfinite(loss):
-            writer.announce("non_finite_loss", step=current, loss=loss,
-                            last_checkpoint=checkpoints.latest())
-            raise NonFiniteLoss(f"the loss is {loss} at step {current}: training stopped; the "
-                                f"last good checkpoint is {checkpoints.latest()}")
-        if is_time(current, config.log_every, total):
-            writer.write(current, window.metrics(backend.num_replicas))
+        due = {name for name, every in periods.items() if is_time(current, every, total)}
+        if not due and window.timed:
+            continue  # nothing to read: the next call is queued while this one runs
+        with _records_errors(config, checkpoints):
+            window.read()
+        _check_loss(window, writer, checkpoints)
+        if "log" in due:
+            writer.write(current, window.metrics(plan["global_batch_size"],
+                                                 backend.num_replicas))
             window = _Window()
-        if is_time(current, config.checkpoint_every, total):
+        if "checkpoint" in due:
             average_statistics()
             _check_finite(model, current)
             checkpoints.save(current)
-        if evaluator and is_time(current, plan["eval_every"], total):
+        if "evaluate" in due:
             average_statistics()
             last_eval = evaluator(current, writer)
+        window.start_clock()
 
     final = int(step.numpy())
+    window.read()
+    _check_loss(window, writer, checkpoints)
     average_statistics()
     if evaluator and last_eval is None and not stopped_by:  # a finished job run again
         last_eval = evaluator(final, writer)
@@ -279,6 +300,26 @@ def _loop(job, checkpoints, writer, stop):
     writer.announce("stopped" if stopped_by else "finished", step=final, signal=stopped_by,
                     checkpoint=checkpoints.latest() if backend.is_chief else None)
     return {"step": final, "total_steps": total, "stopped_by": stopped_by, "eval": last_eval}
+
+
+def call_length(current, total, steps_per_call, periods):
+    """Steps of the call after step `current`: at most `steps_per_call`, ending at the next
+    multiple of each period (> 0: logs, checkpoints, evaluations) and at `total`."""
+    end = min(total, current + steps_per_call)
+    for every in periods:
+        if every > 0:
+            end = min(end, (current // every + 1) * every)
+    return end - current
+
+
+def _check_loss(window, writer, checkpoints):
+    """Stops the job when a step of the window's calls had a non-finite loss."""
+    if window.first_non_finite is None:
+        return
+    at, loss = window.first_non_finite
+    writer.announce("non_finite_loss", step=at, loss=loss, last_checkpoint=checkpoints.latest())
+    raise NonFiniteLoss(f"the loss is {loss} at step {at}: training stopped; the last good "
+                        f"checkpoint is {checkpoints.latest()}")
 
 
 def _check_xla(config, backend, model):
@@ -302,11 +343,12 @@ def _statistics_averager(job):
     return tf.function(lambda: job.backend.average_across_replicas(statistics))
 
 
-def _run(run_step, stream, config, checkpoints):
-    """One step; damaged records (a shard truncated or changed after the start's size check)
-    end the job with one line naming the folder, and the last checkpoint is kept."""
+@contextlib.contextmanager
+def _records_errors(config, checkpoints):
+    """Damaged records (a shard truncated or changed after the start's size check) end the job
+    with one line naming the folder, and the last checkpoint is kept."""
     try:
-        return run_step(next(stream))
+        yield
     except tf.errors.DataLossError as error:
         raise TrainingError(
             f"{config.records}: damaged records ({error.message.splitlines()[0]}): run python "
@@ -381,6 +423,7 @@ def _describe_run(job):
         "replicas": backend.num_replicas, **job.plan,
         "train_examples": info.train_examples, "eval_examples": info.eval_examples,
         "precision": config.precision, "xla": config.xla,
+        "steps_per_call": config.steps_per_call,
         "deterministic": config.deterministic, "seed": config.seed,
         "compute_dtype": next(layer.compute_dtype for layer in model.layers
                               if getattr(layer, "kernel", None) is not None),
@@ -408,31 +451,51 @@ def _announce_start(writer, run, restored, first):
 
 
 class _Window:
-    """Sums over the steps since the last log line."""
+    """The metrics of the calls since the last log line. Each call's sums stay on the device
+    until `read`, which waits for them; the clock runs from `start_clock` to `read`, so that
+    evaluations, checkpoints and the first call's tracing are not timed."""
 
     def __init__(self):
-        self.seconds = self.timed_images = self.timed_steps = self.images = self.steps = 0
-        self.loss = self.correct = 0.0
-        self.learning_rate = None
+        self._unread, self._clock = [], None
+        self.steps = self.timed_steps = 0
+        self.seconds = self.loss = self.correct = 0.0
+        self.learning_rate = self.first_non_finite = None
 
-    def add(self, seconds, images, loss, correct, learning_rate):
-        if seconds is not None:
-            self.seconds += seconds
-            self.timed_images += images
-            self.timed_steps += 1
-        self.images += images
-        self.steps += 1
-        self.loss += loss
-        self.correct += correct
-        self.learning_rate = learning_rate
+    @property
+    def timed(self):
+        return self._clock is not None
 
-    def metrics(self, replicas):
+    def start_clock(self):
+        self._clock = time.perf_counter()
+
+    def add(self, sums, steps):
+        """A call's sums (trainer.steps.train_call) over `steps` steps."""
+        self._unread.append(sums)
+        self.steps += steps
+        self.timed_steps += steps if self.timed else 0
+
+    def read(self):
+        """Reads the unread sums from the device; stops the clock."""
+        for sums in self._unread:
+            values = {key: value.numpy() for key, value in sums.items()}
+            self.loss += float(values["loss"])
+            self.correct += float(values["correct"])
+            self.learning_rate = float(values["learning_rate"])
+            if values["first_non_finite"] >= 0 and self.first_non_finite is None:
+                self.first_non_finite = (int(values["first_non_finite"]),
+                                         float(values["non_finite_loss"]))
+        self._unread = []
+        if self._clock is not None:
+            self.seconds += time.perf_counter() - self._clock
+            self._clock = None
+
+    def metrics(self, global_batch_size, replicas):
         """train/loss is the cross-entropy, without the L2 term."""
         values = {"train/loss": self.loss / self.steps,
-                  "train/accuracy": self.correct / self.images,
+                  "train/accuracy": self.correct / (self.steps * global_batch_size),
                   "train/learning_rate": self.learning_rate}
-        if self.seconds:
-            images_per_sec = self.timed_images / self.seconds
+        if self.seconds and self.timed_steps:
+            images_per_sec = self.timed_steps * global_batch_size / self.seconds
             values.update({"train/images_per_sec": images_per_sec,
                            "train/images_per_sec_per_replica": images_per_sec / replicas,
                            "train/step_seconds": self.seconds / self.timed_steps})
