@@ -45,6 +45,11 @@ _SHARED_FLAGS = {
         "crops (corners, center and their mirrors)."),
     "checkpoint": lambda: flags.DEFINE_string("checkpoint", None, "A checkpoint of the job "
                                               "(default: its latest)."),
+    "gradient_compression": lambda: flags.DEFINE_enum(
+        "gradient_compression", "none", strategy.GRADIENT_COMPRESSIONS, "Horovod only "
+        "(refused under tf.distribute, where Keras sums the gradients itself): fp16 sends the "
+        "gradients through the all-reduce as float16, half the bytes; worth it where the "
+        "network is the limit (GPUs across nodes), slower over Gloo on CPUs."),
 }
 JOB_FLAGS = ("records", "model_dir", "strategy", "logical_cpus", "batch_size", "eval_crops")
 
@@ -110,6 +115,7 @@ def define_training_flags():
                       "checkpoints.")
     flags.DEFINE_string("backbone_weights", None, "Local ImageNet weights file of the "
                         "keras.applications backbone (mobilenet_v2); never downloaded.")
+    define_flags("gradient_compression")
 
 
 def start_process():

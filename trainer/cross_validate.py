@@ -70,7 +70,8 @@ def main(argv):
                for fold in folds]
     # Every fold's data checked before the first one trains.
     infos = [loop.describe_data(config) for config in configs]
-    backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
+    backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus,
+                              gradient_compression=FLAGS.gradient_compression)
     if FLAGS.time_steps:
         estimate.cross_validation(configs, infos, backend, FLAGS.time_steps, CROPS)
     results = []

@@ -30,7 +30,8 @@ def main(argv):
     threads = cli.start_process()
     config = cli.train_config(input_threads=threads["intra_op"])
     info = loop.describe_data(config)  # the records read and checked once, before any work
-    backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus)
+    backend = strategy.create(FLAGS.strategy, logical_cpus=FLAGS.logical_cpus,
+                              gradient_compression=FLAGS.gradient_compression)
     loop.train(config, backend, info)
     return 0
 

@@ -25,6 +25,14 @@ asks which backend runs it. The rules every backend keeps:
 
 Horovod 0.28.1 with Keras 3: `hvd.DistributedGradientTape` and `horovod.tensorflow.keras` do
 not work (BUILD_NOTES.md), which is why the step reduces with `hvd.grouped_allreduce` here.
+
+Gradient compression (`--gradient_compression=fp16`) is Horovod's only: its all-reduce sends
+the gradients as float16 and returns float32. Under tf.distribute, Keras 3's `apply_gradients`
+always sums them itself, uncompressed, and only a private hook of Keras could replace that sum
+(BUILD_NOTES.md): `create` refuses the flag there.
+
+Input: tf.distribute's datasets fetch each replica's batches to its device by themselves;
+Horovod's rank prefetches its batches to its GPU as the last step of its pipeline.
 """
 
 import contextlib
@@ -38,6 +46,7 @@ import signal
 import keras
 import tensorflow as tf
 
+from launch import entry
 from launch import slurm
 
 from trainer.models import replicas
@@ -47,6 +56,11 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "horovod")
 # all-reduced), or over each replica's own slice (faster; the moving statistics are averaged
 # across replicas before every evaluation and checkpoint). One replica: the same either way.
 BATCH_NORMS = ("sync", "local")
+# How the gradients travel in Horovod's all-reduce: as they are, or as float16 (half the bytes,
+# summed in float16, about 3 significant digits; under loss scaling an overflow of the float16
+# sum skips the step like any other). Pays where the network is the limit (GPUs with NCCL
+# across nodes); over Gloo on CPUs the conversions cost more than the bytes saved (README).
+GRADIENT_COMPRESSIONS = ("none", "fp16")
 
 
 def pick_strategy(environ=None):
@@ -70,20 +84,34 @@ def pick_strategy(environ=None):
     return "one_device"
 
 
-def create(name="auto", logical_cpus=0):
+def create(name="auto", logical_cpus=0, gradient_compression="none"):
     """Creates the backend. Call before TensorFlow runs its first op (devices are set here).
 
     Args:
       name: one of STRATEGIES.
       logical_cpus: with no GPU, split the CPU into this many logical devices, so that
         `mirrored` runs several replicas in one process (for tests and debugging).
+      gradient_compression: one of GRADIENT_COMPRESSIONS; anything but "none" needs Horovod.
+
+    Raises:
+      entry.UserError: a gradient compression under a tf.distribute strategy.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    if gradient_compression not in GRADIENT_COMPRESSIONS:
+        raise ValueError(f"unknown gradient compression {gradient_compression!r}; expected one "
+                         f"of {', '.join(GRADIENT_COMPRESSIONS)}")
     if name == "auto":
         name = pick_strategy()
     if name == "horovod":
-        return HorovodBackend()
+        return HorovodBackend(gradient_compression)
+    if gradient_compression != "none":
+        # Refused even with one replica, where it would change nothing: the same command line
+        # must not mean compressed on one machine and refused on the next.
+        raise entry.UserError(
+            f"--gradient_compression={gradient_compression} compresses Horovod's all-reduce "
+            f"only, not {name}'s (tf.distribute, where Keras sums the gradients uncompressed): "
+            f"run the job under horovodrun, or drop the flag")
     devices = _local_devices(logical_cpus)
     if name == "one_device":
         return TFDistributeBackend(name, tf.distribute.OneDeviceStrategy(devices[0]))
@@ -116,6 +144,8 @@ def replica_loss(per_example_loss, global_batch_size):
 
 class TFDistributeBackend:
     """One device, MirroredStrategy or MultiWorkerMirroredStrategy."""
+
+    gradient_compression = "none"  # Keras' apply_gradients sums them as they are
 
     def __init__(self, name, strategy):
         self.name = name
@@ -238,7 +268,9 @@ class TFDistributeBackend:
 class HorovodBackend:
     """One replica per process, launched by horovodrun; collectives over Gloo (or NCCL)."""
 
-    def __init__(self):
+    def __init__(self, gradient_compression="none", input_device=None):
+        """`gradient_compression`: one of GRADIENT_COMPRESSIONS. `input_device`: where this
+        rank's batches are prefetched to (default: its GPU; none without one)."""
         import horovod.tensorflow as hvd  # only this backend needs Horovod installed
 
         self.name = "horovod"
@@ -248,6 +280,10 @@ class HorovodBackend:
         if gpus:
             tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
             tf.config.experimental.set_memory_growth(gpus[hvd.local_rank()], True)
+        self._input_device = input_device or ("/gpu:0" if gpus else None)  # its one GPU
+        self.gradient_compression = gradient_compression
+        self._compression = {"none": hvd.Compression.none,
+                             "fp16": hvd.Compression.fp16}[gradient_compression]
         self.process_index = hvd.rank()
         self.num_processes = hvd.size()
         self.is_chief = hvd.rank() == 0
@@ -294,18 +330,24 @@ class HorovodBackend:
         return "/gpu:0" if tf.config.get_visible_devices("GPU") else "/cpu:0"
 
     def distribute_dataset(self, dataset_fn, global_batch_size):
-        """This rank's batches: one input pipeline per rank, each reading its own files."""
+        """This rank's batches: one input pipeline per rank, each reading its own files,
+        prefetched to the rank's device (its GPU) while the previous step computes."""
         if global_batch_size % self._hvd.size():
             raise ValueError(f"global batch {global_batch_size} does not split over "
                              f"{self._hvd.size()} ranks")
-        return dataset_fn(self._hvd.size(), self._hvd.rank(),
-                          global_batch_size // self._hvd.size())
+        dataset = dataset_fn(self._hvd.size(), self._hvd.rank(),
+                             global_batch_size // self._hvd.size())
+        if self._input_device is None:
+            return dataset
+        # Must be the pipeline's last transformation (TensorFlow's rule).
+        return dataset.apply(tf.data.experimental.prefetch_to_device(self._input_device))
 
     def gather(self, value):
         return self._hvd.allgather(tf.reshape(tf.constant(value), [1])).numpy()
 
     def reduce_gradients(self, grads):
-        return self._hvd.grouped_allreduce(grads, op=self._hvd.Sum)
+        return self._hvd.grouped_allreduce(grads, op=self._hvd.Sum,
+                                           compression=self._compression)
 
     def all_finite(self, grads):
         # Summed gradients are the same on every rank: so is this answer.

@@ -8,9 +8,17 @@ scaling efficiency is the compute time over the step time, with the all-reduce n
 with the backward pass (a lower bound: Horovod overlaps part of it).
 
 Levi & Hassner: 11,415,048 parameters, 45.7 MB of float32 gradients per step.
+
+Beside the model, the all-reduce measured on this machine (trainer.bench.allreduce's JSON line,
+`load_measured`): its times in float32 and fp16, the ring bandwidth each amounts to, and the
+efficiency they would give. Over Gloo on CPUs fp16 is slower, not faster: there the sum in
+float16, not the bytes, is the cost.
 """
 
+import json
 import math
+
+from launch import entry
 
 FLOAT32_BYTES = 4
 FUSION_BUFFER_BYTES = 64 * 1024 * 1024  # HOROVOD_FUSION_THRESHOLD's default
@@ -29,13 +37,22 @@ def allreduce_seconds(gradient_bytes, tensors, workers, bandwidth_gbit, fusion=T
     return transfer + 2 * (workers - 1) * messages * latency
 
 
+def ring_gbit(gradient_bytes, workers, seconds, fp16=False):
+    """The link bandwidth at which a ring all-reduce of the gradients takes `seconds` (latency
+    left out): `allreduce_seconds` solved for the bandwidth."""
+    size = gradient_bytes / 2 if fp16 else gradient_bytes
+    return 2 * (workers - 1) / workers * size / seconds * 8 / 1e9
+
+
 def efficiency(step_seconds, communication_seconds):
     """Compute time over step time: 1.0 is perfect linear scaling."""
     return step_seconds / (step_seconds + communication_seconds)
 
 
-def table(step_seconds, parameters, tensors, bandwidth_gbit, gpu_counts=GPU_COUNTS):
-    """The predicted efficiency at each GPU count, plain, with fusion, and with fusion + fp16."""
+def table(step_seconds, parameters, tensors, bandwidth_gbit, gpu_counts=GPU_COUNTS,
+          measured=None):
+    """The predicted efficiency at each GPU count, plain, with fusion, and with fusion + fp16;
+    then, given `measured` (a JSON line of trainer.bench.allreduce), the measured all-reduce."""
     gradient_bytes = parameters * FLOAT32_BYTES
     lines = [f"scaling model: {parameters:,} parameters ({gradient_bytes / 1e6:.1f} MB of "
              f"float32 gradients, {tensors} tensors), compute {1000 * step_seconds:.1f} ms per "
@@ -49,4 +66,42 @@ def table(step_seconds, parameters, tensors, bandwidth_gbit, gpu_counts=GPU_COUN
         lines.append(f"{gpus:>6} {1000 * plain:>14.1f} {efficiency(step_seconds, plain):>10.0%} "
                      f"{efficiency(step_seconds, fused):>7.0%} "
                      f"{efficiency(step_seconds, half):>11.0%}")
+    if measured:
+        lines += measured_lines(step_seconds, measured)
     return "\n".join(lines)
+
+
+def measured_lines(step_seconds, measured):
+    """The measured all-reduce of both compressions, as ring bandwidths and efficiencies."""
+    size, ranks = measured["gradient_bytes"], measured["ranks"]
+    seconds = {compression: ms / 1000 for compression, ms in measured["median_ms"].items()}
+    return [f"measured here: {ranks} ranks over {measured['collectives']}, "
+            f"{measured['model']}'s {measured['tensors']} tensors ({size / 1e6:.1f} MB): "
+            f"float32 {1000 * seconds['none']:.1f} ms (a ring at "
+            f"{ring_gbit(size, ranks, seconds['none']):.2f} Gbit/s), fp16 "
+            f"{1000 * seconds['fp16']:.1f} ms ("
+            f"{ring_gbit(size, ranks, seconds['fp16'], fp16=True):.2f} Gbit/s): fp16 "
+            f"{seconds['fp16'] / seconds['none']:.2f}x float32",
+            f"  with them, at {1000 * step_seconds:.1f} ms of compute per step: efficiency "
+            f"{efficiency(step_seconds, seconds['none']):.0%} in float32, "
+            f"{efficiency(step_seconds, seconds['fp16']):.0%} in fp16"]
+
+
+def load_measured(path):
+    """The last measurement in `path` (OUT_DIR/allreduce.jsonl of trainer.bench.allreduce).
+
+    Raises:
+      entry.UserError: naming the file, when it is missing or holds no measurement.
+    """
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        measured = json.loads(lines[-1]) if lines else {}
+    except OSError as error:
+        raise entry.UserError(entry.path_error(error)) from error
+    except json.JSONDecodeError:
+        measured = {}
+    if not {"gradient_bytes", "ranks", "median_ms"} <= measured.keys():
+        raise entry.UserError(f"{path}: no all-reduce measurement (made by horovodrun -np N "
+                              f"python -m trainer.bench.allreduce)")
+    return measured
