@@ -114,14 +114,14 @@ def race_all(baseline, improved, out_dir, baseline_eval_every_seconds, target_ac
       baseline_from: the JSON lines of an earlier run whose baseline is reused, or None.
       common: the other fields of `Race`, the same in every race.
     """
-    measured_with = {"records_manifest_sha256": manifest_sha256(common["records"]),
-                     "machine": machine()}
     baseline_race = Race("baseline", **contender(baseline), **{
         **common, "eval_every_seconds": baseline_eval_every_seconds})
-    reused = reused_baseline(baseline_from, {**dataclasses.asdict(baseline_race),
-                                             **measured_with}) if baseline_from else None
     window = common["smoothing"]
     with output.open_jsonl(out_dir, "time_to_accuracy.jsonl") as out:
+        measured_with = {"records_manifest_sha256": manifest_sha256(common["records"]),
+                         "machine": machine()}
+        reused = reused_baseline(baseline_from, {**dataclasses.asdict(baseline_race),
+                                                 **measured_with}) if baseline_from else None
         if reused:
             say(f"baseline: {baseline}, reused from {baseline_from} (measured "
                 f"{reused.get('date', 'on an unknown date')}), not run again")
