@@ -62,7 +62,7 @@ def replica_train_step(backend, model, optimizer, global_batch_size, num_classes
 
     if xla:
         forward_backward = tf.function(forward_backward, jit_compile=True)
-        if getattr(backend, "compiles_update", False):
+        if backend.compiles_update:
             update = tf.function(update, jit_compile=True)
 
     def replica_step(batch):

@@ -145,6 +145,10 @@ def replica_loss(per_example_loss, global_batch_size):
 class TFDistributeBackend:
     """One device, MirroredStrategy or MultiWorkerMirroredStrategy."""
 
+    # Keras' apply_gradients all-reduces across replicas itself: XLA cannot compile it here
+    # (trainer.steps).
+    compiles_update = False
+
     gradient_compression = "none"  # Keras' apply_gradients sums them as they are
 
     def __init__(self, name, strategy):
@@ -293,6 +297,7 @@ class HorovodBackend:
         return self._hvd.size()
 
     replicas_per_pipeline = 1
+    compiles_update = True  # the all-reduce comes before the update, outside it
 
     def scope(self):
         return contextlib.nullcontext()
