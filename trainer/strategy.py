@@ -20,8 +20,9 @@ asks which backend runs it. The rules every backend keeps:
   part in a save, so the others write to a temporary folder they delete; Horovod's other ranks
   do not save at all, and after a restore every rank takes rank 0's variables.
 - The stop signal (SIGTERM or SIGINT to any one process) stops every process at the same step:
-  Horovod's ranks agree through an all-reduce before each step; MultiWorkerMirroredStrategy's
-  workers through TensorFlow's PreemptionCheckpointHandler; one process just reads its flag.
+  Horovod's ranks agree through an all-reduce before each call of the training step;
+  MultiWorkerMirroredStrategy's workers through TensorFlow's PreemptionCheckpointHandler; one
+  process just reads its flag.
 
 Horovod 0.28.1 with Keras 3: `hvd.DistributedGradientTape` and `horovod.tensorflow.keras` do
 not work (BUILD_NOTES.md), which is why the step reduces with `hvd.grouped_allreduce` here.
@@ -389,7 +390,8 @@ class HorovodBackend:
 
 class StopSignal:
     """SIGTERM or SIGINT asks the job to stop; `requested(step)` says whether all processes stop
-    now. The loop calls it before each step's compute, then saves and ends with exit code 0."""
+    now. The loop calls it before each call of the training step, then saves and ends with exit
+    code 0."""
 
     def __init__(self, agree):
         self._agree = agree
