@@ -1,8 +1,9 @@
 """--data=resident (trainer.resident): each replica holds its share of the records on its device
 and draws from it the batches the records would give: over an epoch the same examples, crops
 inside the image that flip both ways, other examples on each replica, the same batch for the
-same step after a restart; evaluation sees every held-out example once; data too large for the
-memory is refused before any reading."""
+same step after a restart; evaluation sees every held-out example once; the training loop runs
+on it under every strategy and a resumed job ends bitwise where a job never stopped does; data
+too large for the memory is refused before any reading."""
 
 import hashlib
 import math
@@ -29,11 +30,11 @@ FEEDS = """
 import hashlib, json, math, sys
 import numpy as np
 import tensorflow as tf
-from trainer import data, resident, strategy
+from trainer import data, loop, recipes, resident, strategy
 
-name, records_dir = sys.argv[1], sys.argv[2]
+name, records_dir, model_dir = sys.argv[1:]
 backend = strategy.create(name, logical_cpus=2 if name == "mirrored" else 0)
-info = data.describe("records", records_dir, "age", 0, %(crop)d)
+info = data.describe("resident", records_dir, "age", 0, %(crop)d)
 size, global_batch = info.records.image_size, %(per_replica)d * backend.num_replicas
 
 def digest(array):
@@ -89,6 +90,12 @@ for crops in (1, 10):
              b["flip"][k].tolist()]
             for step in run(feed, eval_steps) for b in step for k in np.flatnonzero(b["mask"])]
     report[f"eval{crops}"] = {"steps": eval_steps, "seen": seen}
+# Then the training loop on the same backend: one call of 2 steps, a 10-crop evaluation.
+config = loop.TrainConfig(model_dir, records_dir, recipes.resolve("paper", learning_rate=0.05),
+                          model="tiny", data="resident", crop_size=%(crop)d, steps=2,
+                          eval_crops=10, global_batch_size=global_batch, steps_per_call=2)
+summary = loop.train(config, backend, info)
+report["trained"] = {"step": summary["step"], "eval_examples": summary["eval"]["examples"]}
 print(json.dumps(report))
 """ % {"crop": TINY_CROP_SIZE, "per_replica": PER_REPLICA, "seed": SEED,
        "resumed": RESUMED_STEP}
@@ -120,6 +127,11 @@ def expected_examples(records_dir):
     return train, sorted(center), sorted(ten)
 
 
+def reports_of(output):
+    """The script's report of each process (the loop's own JSON lines left out)."""
+    return [line for line in json_lines(output) if "epochs" in line]
+
+
 def check_job(reports, records_dir, devices):
     """What every strategy must give: see the module's text."""
     train, center, ten = expected_examples(records_dir)
@@ -142,32 +154,71 @@ def check_job(reports, records_dir, devices):
         assert sorted(s for report in reports for s in report[crops]["seen"]) == expected
         assert {report[crops]["steps"] for report in reports} == {
             math.ceil(largest / PER_REPLICA)}
+    assert [report["trained"] for report in reports] == [
+        {"step": 2, "eval_examples": len(center)}] * len(reports)
 
 
 def test_mirrored_replicas_hold_their_shares_on_their_devices_and_draw_records_batches(
-        python, records):
-    result = run([python, "-c", FEEDS, "mirrored", records])
+        python, records, tmp_path):
+    result = run([python, "-c", FEEDS, "mirrored", records, tmp_path])
     assert result.returncode == 0, result.stderr[-3000:]
-    check_job(json_lines(result.stdout), records,
+    check_job(reports_of(result.stdout), records,
               [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in (0, 1)])
 
 
 def test_horovod_ranks_hold_their_shares_of_raw_records_one_file_shared_record_by_record(
-        python, horovodrun, raw_records):
+        python, horovodrun, raw_records, tmp_path):
     result = run([horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", python, "-c", FEEDS,
-                  "horovod", raw_records])
+                  "horovod", raw_records, tmp_path])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    reports = sorted(json_lines(result.stdout), key=lambda r: r["replicas"])
+    reports = sorted(reports_of(result.stdout), key=lambda r: r["replicas"])
     check_job(reports, raw_records, ["/job:localhost/replica:0/task:0/device:CPU:0"] * 2)
 
 
-def test_multi_worker_processes_hold_their_shares(python, records):
-    workers = [start([python, "-c", FEEDS, "multi_worker", records], env)
+def test_multi_worker_processes_hold_their_shares(python, records, tmp_path):
+    workers = [start([python, "-c", FEEDS, "multi_worker", records, tmp_path], env)
                for env in multi_worker_environments(2)]
     outputs = [worker.communicate(timeout=240) for worker in workers]
     assert all(w.returncode == 0 for w in workers), [err[-3000:] for _, err in outputs]
-    reports = [json_lines(out)[-1] for out, _ in outputs]
+    reports = [report for out, _ in outputs for report in reports_of(out)]
     check_job(reports, records, [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in (0, 1)])
+
+
+RESUMABLE = ["--data=resident", "--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16",
+             "--learning_rate=0.05", "--strategy=mirrored", "--logical_cpus=2", "--steps=8",
+             "--checkpoint_every=4", "--log_every=1", "--steps_per_call=2", "--eval_crops=10",
+             "--deterministic", "--dropout=0.3", "--seed=5"]
+
+
+def checkpoint_values(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def test_a_resumed_job_ends_with_the_weights_of_a_job_never_stopped(python, records, tmp_path):
+    command = [python, "-m", "trainer.main", f"--model_dir={tmp_path}", f"--records={records}",
+               *RESUMABLE]
+    whole = run(command)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    never_stopped = checkpoint_values(tmp_path)
+    # What a job killed after its checkpoint of step 4 leaves: the index names that one.
+    (tmp_path / "checkpoints/checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = json_lines(resumed.stdout)
+    assert [r["step"] for r in lines if r.get("event") == "restored"] == [4]
+    assert [r["step"] for r in lines if "train/loss" in r] == [5, 6, 7, 8]
+    resumed_values = checkpoint_values(tmp_path)
+    assert never_stopped.keys() == resumed_values.keys()
+    for name, value in never_stopped.items():
+        assert np.array_equal(value, resumed_values[name]), name
+    evaluations = [{key: value for key, value in line.items() if key.startswith("eval/")}
+                   for job in (whole, resumed)
+                   for line in json_lines(job.stdout) if "eval/examples" in line]
+    assert len(evaluations) == 2 and evaluations[0] == evaluations[1]
+    info = data.describe("resident", str(records), "age", 0, TINY_CROP_SIZE)
+    assert evaluations[0]["eval/examples"] == info.eval_examples
 
 
 @pytest.fixture

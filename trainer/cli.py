@@ -75,8 +75,10 @@ def define_training_flags():
     flags.DEFINE_enum("model", "levi_hassner", models.names(), "The network.")
     flags.DEFINE_enum("task", "age", adience.TASKS, "Age groups or gender; must match the "
                       "records.")
-    flags.DEFINE_enum("data", "records", data.SOURCES, "records, or synthetic in-memory "
-                      "batches (to measure training without input, or check strategies).")
+    flags.DEFINE_enum("data", "records", data.SOURCES, "records (read by tf.data), resident "
+                      "(the records decoded once and held on each replica's device), or "
+                      "synthetic in-memory batches (to measure training without input, or "
+                      "check strategies).")
     flags.DEFINE_enum("recipe", "paper", sorted(recipes.RECIPES), "paper: Levi & Hassner's "
                       "solver exactly. modern: warmup + cosine, label smoothing, nesterov.")
     flags.DEFINE_float("learning_rate", None, "Peak learning rate at the recipe's reference "

@@ -223,7 +223,7 @@ MIN_STEPS_PER_EPOCH = 20
 
 
 def _scale_warnings(run):
-    if run["data"] != "records" or run["steps_per_epoch"] >= MIN_STEPS_PER_EPOCH:
+    if run["data"] not in data.FROM_RECORDS or run["steps_per_epoch"] >= MIN_STEPS_PER_EPOCH:
         return []
     fitting = max(run["replicas"], run["train_examples"] // MIN_STEPS_PER_EPOCH
                   // run["replicas"] * run["replicas"])
@@ -504,7 +504,7 @@ class _Window:
 
 def _evaluator(config, backend, info, model, global_batch_size):
     """A function(step, writer) that evaluates on the held-out split and logs it (or None)."""
-    if info.source != "records":
+    if info.source not in data.FROM_RECORDS:
         return None
     held_out = evaluation.evaluator(backend, info, model, global_batch_size, config.eval_crops,
                                     config.crop_size, config.input_threads)

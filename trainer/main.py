@@ -15,6 +15,7 @@ from absl import flags
 
 from launch import entry
 from trainer import cli
+from trainer import data
 from trainer import loop
 from trainer import strategy
 
@@ -26,7 +27,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    cli.require("model_dir", *(["records"] if FLAGS.data == "records" else []))
+    cli.require("model_dir", *(["records"] if FLAGS.data in data.FROM_RECORDS else []))
     threads = cli.start_process()
     config = cli.train_config(input_threads=threads["intra_op"])
     info = loop.describe_data(config)  # the records read and checked once, before any work
