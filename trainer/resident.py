@@ -241,10 +241,11 @@ def check_fits(backend, info, split_names, available_bytes=None):
         available_bytes = needed / (1 - MEMORY_RESERVE)
     usable = int(available_bytes * (1 - MEMORY_RESERVE))
     # Gathered: every process refuses together (and none starts loading before all checked).
-    lacking = -min(backend.gather(usable - needed))
+    # In MiB: an int32 on every process (a larger count would be an int64 on some only).
+    lacking = -min(backend.gather((usable - needed) // 2**20))
     if lacking > 0:
         short = (f"{_gb(usable)} is free for it" if usable < needed
-                 else f"another process lacks {_gb(lacking)}")
+                 else f"another process lacks {_gb(lacking * 2**20)}")
         raise entry.UserError(
             f"--data=resident: {records.path} needs {_gb(needed)} of {where} to hold "
             f"{', '.join(split_names)} ({sum(shares)} images of {records.image_size}x"
