@@ -293,11 +293,15 @@ def test_mixed_precision_trains_with_float32_variables(python, tmp_path, precisi
                for name in saved) == (precision == "mixed_float16")
 
 
-def test_xla_compiles_the_step(python, tmp_path):
-    result = run(trainer(python, tmp_path, *SAME_BATCHES, "--xla"),
+def test_xla_compiles_the_step_with_resident_data_and_several_steps_per_call(
+        python, records, tmp_path):
+    result = run(trainer(python, tmp_path, *SAME_BATCHES, f"--records={records}",
+                         "--data=resident", "--steps_per_call=3", "--xla"),
                  env={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Compiled cluster using XLA" in result.stderr
+    evaluated = [r["step"] for r in json_lines(result.stdout) if "eval/accuracy" in r]
+    assert evaluated and evaluated[-1] == 6
 
 
 def test_resuming_a_folder_of_another_job_is_a_clear_error(python, tmp_path):

@@ -420,6 +420,7 @@ def _describe_run(job):
         "class_names": list(info.class_names), "crop_size": config.crop_size,
         "mean_shape": list(info.mean_image.shape), "recipe": dataclasses.asdict(recipe),
         "strategy": backend.name, "processes": backend.num_processes,
+        "gradient_compression": backend.gradient_compression,
         "replicas": backend.num_replicas, **job.plan,
         "train_examples": info.train_examples, "eval_examples": info.eval_examples,
         "precision": config.precision, "xla": config.xla,
