@@ -2,8 +2,8 @@
 and draws from it the batches the records would give: over an epoch the same examples, crops
 inside the image that flip both ways, other examples on each replica, the same batch for the
 same step after a restart; evaluation sees every held-out example once; the training loop runs
-on it under every strategy and a resumed job ends bitwise where a job never stopped does; data
-too large for the memory is refused before any reading."""
+on it under every strategy (with --xla), and a resumed job ends bitwise where a job never
+stopped does; data too large for the memory is refused before any reading."""
 
 import hashlib
 import math
@@ -90,10 +90,12 @@ for crops in (1, 10):
              b["flip"][k].tolist()]
             for step in run(feed, eval_steps) for b in step for k in np.flatnonzero(b["mask"])]
     report[f"eval{crops}"] = {"steps": eval_steps, "seen": seen}
-# Then the training loop on the same backend: one call of 2 steps, a 10-crop evaluation.
+# Then the training loop on the same backend, under XLA: one call of 2 steps, a 10-crop
+# evaluation.
 config = loop.TrainConfig(model_dir, records_dir, recipes.resolve("paper", learning_rate=0.05),
                           model="tiny", data="resident", crop_size=%(crop)d, steps=2,
-                          eval_crops=10, global_batch_size=global_batch, steps_per_call=2)
+                          eval_crops=10, global_batch_size=global_batch, steps_per_call=2,
+                          xla=True)
 summary = loop.train(config, backend, info)
 report["trained"] = {"step": summary["step"], "eval_examples": summary["eval"]["examples"]}
 print(json.dumps(report))
