@@ -325,7 +325,11 @@ def _check_loss(window, writer, checkpoints):
 def _check_xla(config, backend, model):
     """--xla compiles the forward pass, where synchronized batch norm all-reduces: MirroredStrategy
     refuses a synchronization point inside compiled control flow, Horovod's build has no XLA
-    ops and XLA no CPU collectives. Per-replica batch norm compiles."""
+    ops and XLA no CPU collectives. Per-replica batch norm compiles. Under op determinism XLA
+    refuses ops it has no deterministic form of (max pooling's gradient) mid-training."""
+    if config.xla and config.deterministic:
+        raise entry.UserError("--xla cannot be --deterministic: XLA has no deterministic "
+                              "gradient of max pooling; drop one of them")
     if (config.xla and config.batch_norm == "sync" and backend.num_replicas > 1
             and models.moving_statistics(model)):
         raise entry.UserError(
@@ -359,7 +363,7 @@ def _records_errors(config, checkpoints):
 # What a resumed job must share with the job that wrote the checkpoint, and what it should.
 MUST_MATCH = ("model", "task", "class_names", "crop_size", "mean_shape", "precision")
 EXACT_RESUME_NEEDS = ("global_batch_size", "processes", "replicas", "seed", "deterministic",
-                      "records", "held_out_fold")
+                      "records", "held_out_fold", "data")
 
 
 def _check_resumable(model_dir, run, writer):
