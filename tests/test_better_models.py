@@ -112,6 +112,29 @@ def test_costs_at_227():
                                                              rel=0.01)
 
 
+def test_resnet_sees_a_full_resolution_crop_as_its_56x56_thumbnail():
+    # At 227 the layers sized for 56 learned nothing (resnet's docstring): a crop 4x larger is
+    # averaged down first, so that the same weights see the face as they do at 56. A crop and
+    # a mean image blown up 4x (each pixel a 4x4 block, offsets 4x) give the same logits.
+    rng = np.random.default_rng(6)
+    keras.utils.set_random_seed(6)
+    small_mean, thumbnails = random_mean(rng), random_batch(rng)
+    small = models.build("resnet", CLASSES, small_mean, crop_size=CROP)
+    large = models.build("resnet", CLASSES, small_mean.repeat(4, 0).repeat(4, 1),
+                         crop_size=4 * CROP)
+    for layer in small.layers:
+        if layer.name != "mean_window":  # each model has its own mean image
+            large.get_layer(layer.name).set_weights(layer.get_weights())
+    blown_up = {**thumbnails,
+                batch_lib.IMAGE: thumbnails[batch_lib.IMAGE].repeat(4, 1).repeat(4, 2),
+                batch_lib.CROP_OFFSET: 4 * thumbnails[batch_lib.CROP_OFFSET]}
+    np.testing.assert_allclose(large(batch_lib.inputs_of(blown_up)).numpy(),
+                               small(batch_lib.inputs_of(thumbnails)).numpy(), rtol=1e-4,
+                               atol=1e-5)
+    paper_size = models.build("resnet", CLASSES, None, crop_size=PAPER_SIDE)
+    assert paper_size.get_layer("conv1").input.shape[1:3] == (CROP, CROP)
+
+
 def save_legacy_h5(backbone, path):
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, backbone)
