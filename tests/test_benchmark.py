@@ -1,6 +1,8 @@
-"""trainer.benchmark, trainer.time_to_accuracy and trainer.batch_scaling (trainer/bench): a small
-matrix measured for real (tiny model, one process and two Horovod processes, synthetic and
-records), its table, JSON lines and ratios; a time-to-accuracy race; a batch sweep; their flags."""
+"""trainer.benchmark, trainer.time_to_accuracy, trainer.batch_scaling and trainer.bench.sampler: a
+small matrix measured for real by the training loop (tiny model, one process and two Horovod
+processes with fp16 gradients, synthetic and resident data, 2 steps per call), its table, JSON
+lines and ratios; the resident sampler beside the JPEG pipeline; a time-to-accuracy race; a
+batch sweep; their flags."""
 
 import errno
 import json
@@ -17,30 +19,71 @@ from trainer.bench import throughput
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_small_matrix_is_measured_and_compared(python, records, tmp_path):
+def test_a_small_matrix_is_measured_by_the_training_loop_and_compared(python, records,
+                                                                       tmp_path):
+    allreduce = tmp_path / "allreduce.jsonl"  # as trainer.bench.allreduce writes it
+    allreduce.write_text(json.dumps({
+        "model": "tiny", "ranks": 2, "collectives": "Gloo", "tensors": 6, "gradient_bytes": 7648,
+        "median_ms": {"none": 1.0, "fp16": 2.0}}) + "\n")
     result = run([python, "-m", "trainer.benchmark", f"--records={records}",
                   f"--crop_size={TINY_CROP_SIZE}", "--models=tiny", "--batch_sizes=16",
-                  "--data=synthetic,records", "--distributions=one_device,horovod:2",
-                  "--warmup_steps=2", "--window_steps=2", "--windows=2",
+                  "--data=synthetic,resident", "--distributions=one_device,horovod:2",
+                  "--steps_per_call=2", "--gradient_compression=fp16", "--warmup_steps=1",
+                  "--window_steps=2", "--windows=2", f"--allreduce_jsonl={allreduce}",
                   f"--out_dir={tmp_path}"], timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     cells = [json.loads(line) for line in (tmp_path / "benchmark.jsonl").read_text().splitlines()]
-    assert len(cells) == 4
+    # fp16 compresses Horovod's all-reduce only: one process is measured uncompressed.
+    assert [(c["data"], c["distribution"], c["gradient_compression"]) for c in cells] == [
+        ("synthetic", "one_device", "none"), ("synthetic", "horovod:2", "fp16"),
+        ("resident", "one_device", "none"), ("resident", "horovod:2", "fp16")]
     for cell in cells:
+        assert cell["steps_per_call"] == 2
+        # The loop's own log lines, one per window after the warm-up (rounded up to a window).
+        assert cell["warmup_steps"] == 2 and cell["window_ends"] == [4, 6]
+        assert len(cell["rates"]) == 2
         assert cell["min"] <= cell["images_per_sec"] <= cell["max"]
         assert 0 < cell["fraction_of_roof"] and cell["roof_flops"] >= cell["roof_matmul_flops"]
         assert cell["flops_per_image"] > 0
     assert {cell["replicas"] for cell in cells} == {1, 2}
-    assert "records / synthetic (tiny, one_device" in result.stdout
-    assert "horovod:2 / one process (tiny, synthetic)" in result.stdout
-    assert result.stdout.splitlines()[0].split()[:3] == ["model", "batch", "precision"]
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["model", "batch", "precision"]
+    assert lines[2].split()[6:9] == ["horovod:2", "2", "fp16"]  # distribution, calls, grads
+    assert any(line.startswith("resident / synthetic (tiny, batch 16, fp32, one_device, "
+                               "2 steps/call): ") for line in lines)
+    assert any(line.startswith("horovod:2 with fp16 gradients / one process (tiny, batch 16, "
+                               "fp32, resident, 2 steps/call): ") for line in lines)
     assert "scaling model: 1,912 parameters" in result.stdout  # the tiny model's gradients
+    assert "measured here: 2 ranks over Gloo" in result.stdout  # --allreduce_jsonl's
     assert (tmp_path / "benchmark.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_the_matrix_compresses_only_horovods_gradients():
+    cells = throughput.matrix(["tiny"], [16], ["fp32"], [False], ["synthetic"],
+                              ["one_device", "horovod:2", "mirrored:2"], 56, None,
+                              steps_per_calls=[1, 10], gradient_compressions=["none", "fp16"])
+    assert [(c["distribution"], c["steps_per_call"], c["gradient_compression"])
+            for c in cells] == [
+        ("one_device", 1, "none"), ("one_device", 10, "none"),
+        ("horovod:2", 1, "none"), ("horovod:2", 1, "fp16"),
+        ("horovod:2", 10, "none"), ("horovod:2", 10, "fp16"),
+        ("mirrored:2", 1, "none"), ("mirrored:2", 10, "none")]
+
+
+def test_a_cells_rates_are_the_loops_windows_after_the_warm_up(tmp_path):
+    logged = [{"step": 0, "event": "start"},
+              {"step": 5, "train/loss": 2.0, "train/images_per_sec": 10.0},
+              {"step": 10, "train/loss": 2.0, "train/images_per_sec": 30.0},
+              {"step": 15, "train/loss": 2.0, "train/images_per_sec": 20.0},
+              {"step": 15, "eval/accuracy": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in logged))
+    assert throughput.logged_windows(str(tmp_path), after_step=5) == {10: 30.0, 15: 20.0}
 
 
 def test_repeated_runs_of_a_cell_merge_over_all_their_windows():
     cell = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False,
-            "batch_norm": "sync", "data": "synthetic", "distribution": "one_device", "replicas": 1,
+            "batch_norm": "sync", "data": "synthetic", "distribution": "one_device",
+            "steps_per_call": 1, "gradient_compression": "none", "replicas": 1,
             "flops_per_image": 10.0}
     runs = [throughput.with_rates({**cell, "roof_flops": 1e4}, [100.0, 90.0, 80.0]),
             throughput.with_rates({**cell, "data": "records", "roof_flops": 1e4}, [70.0]),
@@ -55,25 +98,53 @@ def test_repeated_runs_of_a_cell_merge_over_all_their_windows():
 
 def test_ratios_pair_each_cell_with_its_twin():
     base = {"model": "m", "global_batch_size": 8, "precision": "fp32", "xla": False,
-            "batch_norm": "sync"}
-    results = [{**base, "data": "synthetic", "distribution": "one_device", "images_per_sec": 100},
-               {**base, "data": "records", "distribution": "one_device", "images_per_sec": 96},
-               {**base, "data": "cached_records", "distribution": "one_device",
-                "images_per_sec": 99},
-               {**base, "data": "synthetic", "distribution": "horovod:2", "images_per_sec": 90},
-               {**base, "data": "synthetic", "distribution": "horovod:2", "batch_norm": "local",
+            "batch_norm": "sync", "steps_per_call": 1, "gradient_compression": "none"}
+    one, two = "one_device", "horovod:2"
+    results = [{**base, "data": "synthetic", "distribution": one, "images_per_sec": 100},
+               {**base, "data": "records", "distribution": one, "images_per_sec": 96},
+               {**base, "data": "resident", "distribution": one, "images_per_sec": 99},
+               {**base, "data": "synthetic", "distribution": one, "steps_per_call": 10,
+                "images_per_sec": 150},
+               {**base, "data": "synthetic", "distribution": two, "images_per_sec": 90},
+               {**base, "data": "synthetic", "distribution": two,
+                "gradient_compression": "fp16", "images_per_sec": 45},
+               {**base, "data": "synthetic", "distribution": two, "batch_norm": "local",
                 "images_per_sec": 100},
-               {**base, "data": "records", "distribution": "horovod:2", "error": "boom"}]
-    lines = throughput.ratios(results)
-    assert lines == [
-        "records / synthetic (m, one_device, fp32, xla=False): 0.96x (target >= 0.95: "
-        "training is not input-bound)",
-        "cached_records / synthetic (m, one_device, fp32, xla=False): 0.99x (target >= 0.95: "
-        "training is not input-bound)",
-        "horovod:2 / one process (m, synthetic): 0.90x on the same cores (target >= 0.9: the "
+               {**base, "data": "records", "distribution": two, "error": "boom"}]
+    assert throughput.ratios(results) == [
+        "records / synthetic (m, batch 8, fp32, one_device): 0.96x (target >= 0.95: training "
+        "is not input-bound)",
+        "resident / synthetic (m, batch 8, fp32, one_device): 0.99x (target >= 0.95: training "
+        "is not input-bound)",
+        "10 / 1 steps per call (m, batch 8, fp32, synthetic, one_device): 1.50x (the host's "
+        "launch of a call, paid once per 10 steps)",
+        "horovod:2 / one process (m, batch 8, fp32, synthetic): 0.90x on the same cores (the "
         "distribution's overhead)",
-        "sync / local batch norm (m, horovod:2, synthetic): 0.90x (the cost of normalising "
-        "over the global batch)"]
+        "sync / local batch norm (m, batch 8, fp32, synthetic, horovod:2): 0.90x (the cost of "
+        "normalising over the global batch)",
+        "horovod:2 with fp16 gradients / one process (m, batch 8, fp32, synthetic): 0.45x on "
+        "the same cores (the distribution's overhead)",
+        "fp16 / uncompressed gradients (m, batch 8, fp32, synthetic, horovod:2): 0.50x "
+        "(Horovod's all-reduce of the gradients)"]
+
+
+def test_the_resident_sampler_is_measured_beside_the_jpeg_pipeline_on_one_core(python, records,
+                                                                              tmp_path):
+    result = run([python, "-m", "trainer.bench.sampler", f"--records={records}",
+                  f"--crop_size={TINY_CROP_SIZE}", "--batch_size=8", "--steps_per_call=2",
+                  "--seconds=0.2", "--repeats=2", f"--out_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured, = [json.loads(line) for line in (tmp_path / "sampler.jsonl").read_text()
+                 .splitlines()]
+    assert measured["cores"] == 1 and set(measured["rates"]) == {"resident", "records"}
+    assert all(len(rates) == 2 and min(rates) > 0 for rates in measured["rates"].values())
+    resident, records_line, ratio = result.stdout.splitlines()[-3:]
+    assert resident.startswith("resident sampler (gather, crop, flip on the decoded records): ")
+    assert records_line.startswith("JPEG pipeline (read, parse, decode, crop, flip, batch): ")
+    assert "8 images of 56x56 per batch, 1 core(s), median of 2 turns; no model" in resident
+    speeds = measured["images_per_sec"]
+    assert ratio == (f"resident / JPEG pipeline: {speeds['resident'] / speeds['records']:.1f}x "
+                     f"on the same 1 core(s)")
 
 
 def test_time_to_accuracy_races_a_contender_to_a_reused_baselines_best(python, records,
@@ -240,10 +311,16 @@ def assert_usage_error(result, *named):
     assert "Traceback" not in result.stderr
 
 
-def test_an_unknown_data_source_is_named(python, tmp_path):
-    result = run([python, "-m", "trainer.benchmark", "--data=synthetic,tfrecords",
-                  f"--out_dir={tmp_path}"])
-    assert_usage_error(result, "--data tfrecords: not one of synthetic, records, cached_records")
+@pytest.mark.parametrize("flag, named", [
+    ("--data=synthetic,tfrecords",
+     "--data tfrecords: not one of synthetic, records, cached_records, resident"),
+    ("--steps_per_call=1,10", "--window_steps must be a multiple of each --steps_per_call"),
+    ("--allreduce_jsonl=missing.jsonl", "missing.jsonl")])
+def test_a_bad_matrix_flag_is_refused_by_name_before_any_work(python, tmp_path, flag, named):
+    result = run([python, "-m", "trainer.benchmark", "--data=synthetic", flag,
+                  f"--out_dir={tmp_path / 'out'}"])
+    assert_usage_error(result, named)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("command, flag", [

@@ -15,7 +15,8 @@ def throughput(results, path):
     out. Returns `path`."""
     measured = [r for r in results if "error" not in r]
     labels = [f"{r['model']} b{r['global_batch_size']} {SHORT_PRECISION.get(r['precision'])}"
-              f"{' xla' if r['xla'] else ''} {r['data']} {r['distribution']}" for r in measured]
+              f"{' xla' if r['xla'] else ''} {r['data']} {r['distribution']}"
+              f"{_calls_and_gradients(r)}" for r in measured]
     rates = [r["images_per_sec"] for r in measured]
     spread = [[r["images_per_sec"] - r["min"] for r in measured],
               [r["max"] - r["images_per_sec"] for r in measured]]
@@ -24,10 +25,19 @@ def throughput(results, path):
     bars = axes.barh(rows, rates, xerr=spread, capsize=3, color="#4c72b0")
     axes.bar_label(bars, labels=[f"{rate:,.0f}" for rate in rates], padding=4)
     axes.set_yticks(rows, labels, fontsize=8)
-    axes.set_xlabel("training images/s (median of timed windows; min to max)")
+    axes.set_xlabel("training images/s (median of the loop's logged windows; min to max)")
     axes.set_xlim(0, 1.15 * max([r["max"] for r in measured], default=1))
     axes.set_title("Training throughput")
     return _save(figure, path)
+
+
+def _calls_and_gradients(cell):
+    """A throughput cell's steps per call and gradient compression, when not the usual ones
+    (gpu_check's cells have neither)."""
+    calls = cell.get("steps_per_call", 1)
+    compression = cell.get("gradient_compression", "none")
+    return (f" {calls}/call" if calls != 1 else "") + (
+        f" {compression} grads" if compression != "none" else "")
 
 
 def time_to_accuracy(races, target, half_point, path):
