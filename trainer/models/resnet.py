@@ -24,10 +24,13 @@ of the modern recipe are stable from the first steps.
 Why the shrink: at 227x227 the same layers without it (maps 111, 56, 28, 14, 7) did not learn
 in ten epochs of the modern recipe on synthetic faces, training accuracy included, while with
 it the same network, recipe and steps reached 54% (README: Learning at full resolution). Rate
-and batch norm were the same in both: the layers' scale was not. A 7x7 stem and 3x3 blocks on
-full-resolution pixels see texture; the age cues are shapes and colours at the scale of the
-face. The shrink drops detail finer than 4 pixels of a 227 crop and makes the network as cheap
-at 227 as at 56: 0.032 GFLOP per image (Levi & Hassner: 1.42), 1.2 M parameters (11.4 M).
+and batch norm were the same in both: the layers' scale was not. At 227 a unit of the last
+map sees part of the face, and global average pooling discards where the parts are; at 56 the
+last map is 2x2 and each of its units sees the whole face (a full-resolution variant that
+flattened its last map, 4x4, instead of averaging it learned as well, at four times the
+cost). The shrink drops detail finer than 4 pixels of a 227 crop and makes the network as
+cheap at 227 as at 56: 0.032 GFLOP per image (Levi & Hassner: 1.42), 1.2 M parameters
+(11.4 M), the same weights at any crop.
 
 Solver: weight decay on kernels only, no learning-rate multipliers (levi_hassner_bn's).
 """
