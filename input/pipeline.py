@@ -67,13 +67,13 @@ def train_dataset(records, split_names, per_replica_batch_size, num_pipelines=1,
                               f"examples for {num_pipelines} input pipelines")
     files, parse = records.files(share.shards), records.parse
     if cache:
-        cached = _records_of(share, files, deterministic).map(
+        cached = share_records(share, files, deterministic).map(
             parse, num_parallel_calls=AUTOTUNE).cache()
 
     def epoch_records(epoch):
         if cache:  # read once; the shuffle buffer holds all of it, whatever the file order
             return cached
-        return _records_of(share, _file_order(files, seed, epoch), deterministic)
+        return share_records(share, _file_order(files, seed, epoch), deterministic)
 
     # Resuming: whole epochs are not read again, only the rest of the current one is skipped.
     start = start_step * per_replica_batch_size
@@ -166,9 +166,9 @@ def _file_order(files, seed, epoch):
         tf.constant(files), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
 
 
-def _records_of(share, files, deterministic):
-    """The share's serialized records of `files`. Pipelines that keep every n-th record of
-    the same files must see one stream: it is then read in a fixed order."""
+def share_records(share, files, deterministic):
+    """The share's serialized records of `files` (in this order). Pipelines that keep every
+    n-th record of the same files must see one stream: it is then read in a fixed order."""
     return _keep_share(interleave(files, deterministic or share.by_example), share)
 
 

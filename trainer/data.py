@@ -28,6 +28,7 @@ from input import batch as batch_lib
 from input import pipeline
 from input import records as records_lib
 from launch import entry
+from trainer import resident
 
 SOURCES = ("records", "synthetic", "resident")
 FROM_RECORDS = ("records", "resident")
@@ -60,7 +61,7 @@ def describe(source, records_dir, task, held_out_fold, crop_size):
         names = adience.AGE_GROUP_NAMES if task == "age" else adience.GENDER_NAMES
         mean = np.full((crop_size, crop_size, 3), SYNTHETIC_PIXEL_MEAN, np.float32)
         return DataInfo(source, None, task, tuple(names), mean, (), (), 0, 0)
-    records = records_lib.load(records_dir)  # records or resident
+    records = records_lib.load(records_dir)
     settings = records.settings
     if settings["task"] != task:
         raise entry.UserError(
@@ -104,7 +105,6 @@ def train_feed(backend, info, global_batch_size, start_step, seed, deterministic
                cache=False, threads=None):
     """The training feed from `start_step` on."""
     if info.source == "resident":
-        from trainer import resident  # pylint: disable=import-outside-toplevel
         return resident.train_feed(backend, info, global_batch_size, seed, crop_size, threads)
     return StreamFeed(train_batches(backend, info, global_batch_size, start_step, seed,
                                     deterministic, crop_size, cache, threads))
@@ -113,7 +113,6 @@ def train_feed(backend, info, global_batch_size, start_step, seed, deterministic
 def eval_feed(backend, info, global_batch_size, crops, crop_size, threads=None):
     """(the held-out feed, its steps): every held-out example once over all workers."""
     if info.source == "resident":
-        from trainer import resident  # pylint: disable=import-outside-toplevel
         return resident.eval_feed(backend, info, global_batch_size, crops, crop_size, threads)
     dataset, steps = eval_batches(backend, info, global_batch_size, crops, crop_size, threads)
     return StreamFeed(dataset), steps

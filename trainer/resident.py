@@ -126,9 +126,7 @@ def _decode(records, share, threads):
     size = records.image_size
     if not share.examples:
         return tf.zeros([1, size, size, 3], tf.uint8), tf.zeros([1], tf.int32)
-    serialized = pipeline.interleave(records.files(share.shards), deterministic=True)
-    if share.by_example:
-        serialized = serialized.shard(share.stride, share.offset)
+    serialized = pipeline.share_records(share, records.files(share.shards), deterministic=True)
     decoded = serialized.map(lambda record: _image_and_label(records.parse(record)),
                              num_parallel_calls=tf.data.AUTOTUNE)
     if threads:

@@ -285,7 +285,8 @@ class HorovodBackend:
         if gpus:
             tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
             tf.config.experimental.set_memory_growth(gpus[hvd.local_rank()], True)
-        self._input_device = input_device or ("/gpu:0" if gpus else None)  # its one GPU
+        self._device = "/gpu:0" if gpus else "/cpu:0"  # its one GPU, else the CPU
+        self._input_device = input_device or (self._device if gpus else None)
         self.gradient_compression = gradient_compression
         self._compression = {"none": hvd.Compression.none,
                              "fp16": hvd.Compression.fp16}[gradient_compression]
@@ -332,8 +333,8 @@ class HorovodBackend:
         return value_fn(self._hvd.rank())
 
     def replica_device(self, replica_id):
-        del replica_id  # one replica per rank: its one visible GPU, else the CPU
-        return "/gpu:0" if tf.config.get_visible_devices("GPU") else "/cpu:0"
+        del replica_id  # one replica per rank
+        return self._device
 
     def distribute_dataset(self, dataset_fn, global_batch_size):
         """This rank's batches: one input pipeline per rank, each reading its own files,
