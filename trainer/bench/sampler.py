@@ -27,6 +27,7 @@ import time
 from absl import flags
 
 from launch import entry
+from launch import host
 from trainer import cli
 from trainer.bench import output
 
@@ -79,7 +80,7 @@ def _bind(cores):
     allowed = sorted(os.sched_getaffinity(0))
     if cores > len(allowed):
         raise entry.UserError(f"--cores={cores}: this process may run on {len(allowed)}")
-    os.sched_setaffinity(0, allowed[:cores])
+    host.bind(allowed[:cores])
     return allowed[:cores]
 
 
