@@ -6,11 +6,13 @@ batch sweep; their flags."""
 
 import errno
 import json
+import re
 
 import pytest
 
 from conftest import TINY_CROP_SIZE, run
 from launch import entry
+from trainer import bundles
 from trainer.bench import output
 from trainer.bench import processes
 from trainer.bench import races
@@ -202,7 +204,8 @@ def test_time_to_accuracy_races_a_contender_to_a_reused_baselines_best(python, r
 
 
 def test_a_baseline_measured_with_other_settings_is_not_reused(tmp_path):
-    settings = {"model": "levi_hassner", "recipe": "paper", "precision": "fp32", "epochs": 0,
+    settings = {"model": "levi_hassner", "recipe": "paper", "recipe_settings": {},
+                "precision": "fp32", "data": "records", "steps_per_call": 1, "epochs": 0,
                 "records_manifest_sha256": "ab12", "held_out_fold": 0, "crop_size": 56,
                 "budget_seconds": 1200, "eval_every_seconds": 30, "smoothing": 3, "seed": 0,
                 "cache": True, "distribution": "one_device",
@@ -275,7 +278,8 @@ def test_a_race_is_credited_with_the_first_evaluation_whose_window_reaches_the_t
 
 def test_the_summary_compares_with_the_baselines_target_and_half_a_point_below():
     def race(name, points):
-        return {"name": name, "model": "m", "recipe": "r", "precision": "fp32", "smoothing": 3,
+        return {"name": name, "spec": "m:r", "model": "m", "recipe": "r", "precision": "fp32",
+                "smoothing": 3,
                 "images_per_sec": 10.0, "stopped": "budget",
                 "curve": [{"seconds": s, "step": s, "accuracy": a, "accuracy_1off": a}
                           for s, a in points]}
@@ -288,17 +292,10 @@ def test_the_summary_compares_with_the_baselines_target_and_half_a_point_below()
     lines = races.summary(baseline, [improved, race("improved 2", [(5, 0.4)])], target)
     assert lines[1].split()[-4:] == ["71.0%", "400.0", "s", "budget"]
     assert lines[-2:] == [
-        "improved: sustained 71.0% held-out exact accuracy 40.0x sooner than the baseline "
+        "improved (m:r): sustained 71.0% held-out exact accuracy 40.0x sooner than the baseline "
         "(10.0 s vs 400.0 s); 30.0x against the baseline's 300.0 s to 70.5%",
-        "improved 2: never sustained 71.0% (stopped by its budget after 5.0 s of training)"]
-
-
-def test_a_contender_is_model_recipe_and_optional_precision():
-    assert races.contender("resnet:modern:mixed_bfloat16") == {
-        "model": "resnet", "recipe": "modern", "precision": "mixed_bfloat16"}
-    assert races.contender("levi_hassner:paper")["precision"] == "fp32"
-    with pytest.raises(ValueError, match="MODEL:RECIPE"):
-        races.contender("resnet")
+        "improved 2 (m:r): never sustained 71.0% (stopped by its budget after 5.0 s of "
+        "training)"]
 
 
 def assert_usage_error(result, *named):
@@ -384,3 +381,25 @@ def test_a_full_disk_under_out_dir_is_one_user_error(tmp_path, monkeypatch):
     with pytest.raises(entry.UserError, match=f"--out_dir={tmp_path}: {tmp_path}: no space left "
                                               f"on device"):
         output.open_jsonl(str(tmp_path), "benchmark.jsonl")
+
+
+def test_a_contender_is_a_bundle_or_a_model_and_recipe_with_settings_of_either():
+    improved = races.contender("improved")
+    assert (improved["model"], improved["data"]) == (bundles.IMPROVED.model,
+                                                      bundles.IMPROVED.data)
+    tuned = races.contender("improved:epochs=12:ema_decay=0.999:nesterov=false")
+    assert tuned["epochs"] == 12.0 and tuned["spec"] == "improved:epochs=12:ema_decay=0.999:" \
+        "nesterov=false"
+    assert tuned["recipe_settings"] == {**bundles.IMPROVED.recipe_settings, "ema_decay": 0.999,
+                                        "nesterov": False}
+    assert races.contender("resnet:modern:mixed_bfloat16") == {
+        "spec": "resnet:modern:mixed_bfloat16", "model": "resnet", "recipe": "modern",
+        "precision": "mixed_bfloat16", "recipe_settings": {}}
+    assert races.contender("levi_hassner:paper")["precision"] == "fp32"
+    assert races.contender("resnet:modern:mixed_bfloat16:data=resident")["data"] == "resident"
+    for spec, message in (("improved:momentum=fast", "momentum='fast' is not a float"),
+                          ("improved:speed=2", "unknown setting 'speed'"),
+                          ("improved:data=disk", "unknown data 'disk'"),
+                          ("resnet", "a contender is a bundle (improved, paper) or MODEL:RECIPE")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            races.contender(spec)

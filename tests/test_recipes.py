@@ -71,3 +71,35 @@ def test_overrides_and_unknown_names():
         recipes.resolve("paper", schedule="linear")
     optimizer = recipes.optimizer(recipes.resolve("modern"), 64, 100, 5, "mixed_float16")
     assert optimizer.__class__.__name__ == "LossScaleOptimizer"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "mixed_float16"])
+def test_the_moving_average_is_evaluated_then_the_trained_weights_go_on(precision):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    weights = tf.Variable([1.0, 2.0])
+    optimizer = recipes.optimizer(recipes.resolve("modern", ema_decay=0.5), 256, 100, 0,
+                                  precision)
+    optimizer.build([weights])
+    trained, average = [], None
+    for gradient in ([1.0, -1.0], [2.0, 0.0], [0.5, 3.0]):
+        # Under loss scaling the optimizer is given gradients of the scaled loss.
+        scale = float(getattr(optimizer, "dynamic_scale", 1.0))
+        optimizer.apply_gradients([(scale * tf.constant(gradient), weights)])
+        trained.append(weights.numpy().copy())
+        # Polyak averaging from the first step's weights on.
+        average = trained[-1] if average is None else 0.5 * average + 0.5 * trained[-1]
+    assert not np.allclose(average, trained[-1])
+    with recipes.averaged_weights(optimizer, [weights]):
+        np.testing.assert_allclose(weights.numpy(), average, rtol=1e-6)
+    np.testing.assert_array_equal(weights.numpy(), trained[-1])  # training goes on from here
+    recipes.use_average(optimizer, [weights])  # the end of training: the average for good
+    np.testing.assert_allclose(weights.numpy(), average, rtol=1e-6)
+
+    plain = recipes.optimizer(recipes.resolve("modern"), 256, 100, 0, precision)
+    plain.build([weights])
+    with recipes.averaged_weights(plain, [weights]):
+        np.testing.assert_allclose(weights.numpy(), average, rtol=1e-6)  # nothing swapped
+    assert isinstance(plain, keras.optimizers.Optimizer)

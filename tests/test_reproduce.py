@@ -1,5 +1,6 @@
-"""launch/reproduce.sh: the paper's protocol in one command, end to end on a small synthetic
-Adience tree (a tiny network, 3 steps a fold), and the time estimate it starts with."""
+"""launch/reproduce.sh: the paper's protocol and the improved bundle's in one command, end to end
+on a small synthetic Adience tree (a tiny network, 3 steps a fold), and the time estimate each
+starts with."""
 
 import json
 
@@ -10,6 +11,7 @@ from conftest import TINY_CROP_SIZE, TINY_RECORD_SIZE, json_lines, run
 SMALL = ["--model=tiny", f"--crop_size={TINY_CROP_SIZE}", "--batch_size=16", "--steps=3",
          "--time_steps=3"]
 FINAL_CROPS = 1 + 10  # each fold's last checkpoint, tested with the center crop and 10 crops
+BUNDLES = ("paper", "improved")
 
 
 def reproduce(adience_dir, run_dir):
@@ -18,10 +20,11 @@ def reproduce(adience_dir, run_dir):
                     "REPRODUCE_IMAGE_SIZE": str(TINY_RECORD_SIZE)}, timeout=600)
 
 
-def the_estimate(stdout):
+def the_estimates(stdout):
+    """Each protocol's estimate, in the order they ran."""
     estimates = [r for r in json_lines(stdout) if r.get("event") == "estimate"]
-    assert len(estimates) == 1, stdout[-3000:]
-    return estimates[0]
+    assert len(estimates) == len(BUNDLES), stdout[-3000:]
+    return estimates
 
 
 def test_the_paper_protocol_from_a_download_to_the_table(synthetic_tree, tmp_path):
@@ -34,31 +37,44 @@ def test_the_paper_protocol_from_a_download_to_the_table(synthetic_tree, tmp_pat
         "source": str(synthetic_tree), "image_size": TINY_RECORD_SIZE}
     held_out = [manifest["splits"][f"fold{fold}"]["examples"] for fold in range(5)]
 
-    estimate = the_estimate(result.stdout)
-    assert "estimate on this machine:" in result.stdout
-    assert estimate["folds"] == [0, 1, 2, 3, 4] and estimate["fold_steps"] == [3] * 5
-    assert estimate["train_steps"] == 15
-    assert estimate["timed_steps"] + estimate["warmup_steps"] == 3
-    assert estimate["timed_steps"] >= 1 and estimate["seconds_per_step"] > 0
-    assert estimate["images_per_sec"] == pytest.approx(16 / estimate["seconds_per_step"])
-    # 3 steps are less than an epoch: one center-crop evaluation at the end of training.
-    assert estimate["eval_images"] == sum(held_out) * (1 + FINAL_CROPS)
-    assert estimate["train_seconds"] == pytest.approx(15 * estimate["seconds_per_step"])
-    assert estimate["total_seconds"] == pytest.approx(
-        estimate["train_seconds"] + estimate["eval_seconds"])
-    assert estimate["eval_seconds"] > 0
+    for estimate in the_estimates(result.stdout):
+        assert estimate["folds"] == [0, 1, 2, 3, 4] and estimate["fold_steps"] == [3] * 5
+        assert estimate["train_steps"] == 15
+        assert estimate["timed_steps"] + estimate["warmup_steps"] == 3
+        assert estimate["timed_steps"] >= 1 and estimate["seconds_per_step"] > 0
+        assert estimate["images_per_sec"] == pytest.approx(16 / estimate["seconds_per_step"])
+        # 3 steps are less than an epoch: one center-crop evaluation at the end of training.
+        assert estimate["eval_images"] == sum(held_out) * (1 + FINAL_CROPS)
+        assert estimate["train_seconds"] == pytest.approx(15 * estimate["seconds_per_step"])
+        assert estimate["total_seconds"] == pytest.approx(
+            estimate["train_seconds"] + estimate["eval_seconds"])
+        assert estimate["eval_seconds"] > 0 and estimate["assumed_gpu_seconds"] > 0
+    assert result.stdout.count("estimate on this machine:") == len(BUNDLES)
+    assert result.stdout.count("on one GPU, assumed (no GPU step measured)") == len(BUNDLES)
 
-    results = json.loads((tmp_path / "cv" / "cross_validation.json").read_text())
-    assert [(r["fold"], r["examples"]) for r in results] == list(enumerate(held_out))
-    assert "49.5 +- 4.4" in result.stdout and "84.7 +- 2.2" in result.stdout
-    assert f"{tmp_path / 'cv' / 'cross_validation.json'}" in result.stdout
+    results = {}
+    for bundle in BUNDLES:
+        results[bundle] = json.loads((tmp_path / bundle / "cross_validation.json").read_text())
+        assert [(r["fold"], r["examples"]) for r in results[bundle]] == list(enumerate(held_out))
+        run_info = json.loads((tmp_path / bundle / "fold0" / "run.json").read_text())
+        assert run_info["model"] == "tiny"  # the flags given win over the bundle's
+        # ...and the bundle gives the rest: the improved one's recipe, precision and data.
+        assert (run_info["recipe"]["name"], run_info["precision"], run_info["data"]) == {
+            "paper": ("paper", "fp32", "records"),
+            "improved": ("modern", "mixed_bfloat16", "resident")}[bundle]
+    tables = result.stdout.split("The tables beside Levi & Hassner's")[1]
+    for bundle in BUNDLES:
+        assert f"age, 5 folds: ours, the {bundle} bundle (mean +- std)" in tables
+    assert tables.count("50.7 +- 5.1") == tables.count("84.7 +- 2.2") == len(BUNDLES)
 
     again = reproduce(synthetic_tree, tmp_path)  # the records kept, every fold already done
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reusing them" in again.stdout and "wrote " not in again.stdout
-    assert the_estimate(again.stdout)["train_steps"] == 0
+    assert [e["train_steps"] for e in the_estimates(again.stdout)] == [0] * len(BUNDLES)
     assert not [r for r in json_lines(again.stdout) if "train/loss" in r]
-    assert json.loads((tmp_path / "cv" / "cross_validation.json").read_text()) == results
+    for bundle in BUNDLES:
+        assert json.loads((tmp_path / bundle / "cross_validation.json").read_text()) == (
+            results[bundle])
 
 
 def test_a_missing_adience_dir_is_named(tmp_path):
@@ -71,6 +87,14 @@ def test_a_missing_adience_dir_is_named(tmp_path):
 
     result = run(["bash", "launch/reproduce.sh"], env={"REPRODUCE_DIR": str(tmp_path)})
     assert result.returncode == 2 and "no ADIENCE_DIR given" in result.stderr
+    assert not (tmp_path / "records").exists()
+
+
+def test_an_unknown_bundle_is_named_before_anything_is_built(synthetic_tree, tmp_path):
+    result = run(["bash", "launch/reproduce.sh", synthetic_tree],
+                 env={"REPRODUCE_DIR": str(tmp_path), "REPRODUCE_BUNDLES": "paper quick"})
+    assert result.returncode == 2
+    assert "REPRODUCE_BUNDLES names 'quick'; known bundles: improved, paper" in result.stderr
     assert not (tmp_path / "records").exists()
 
 

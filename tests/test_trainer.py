@@ -329,3 +329,33 @@ def test_bad_flags_or_records_stop_before_any_work(python, records, tmp_path, fl
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "job").exists()
+
+
+def test_a_moving_average_is_the_finished_jobs_weights_and_training_resumes_from_its_own(
+        python, tmp_path):
+    def weights(model_dir, step):
+        reader = tf.train.load_checkpoint(f"{model_dir}/checkpoints/ckpt-{step}")
+        names = sorted(name for name in reader.get_variable_to_shape_map()
+                       if name.startswith("optimizer/_trainable_variables/"))
+        return [reader.get_tensor(name) for name in names], reader
+
+    jobs = {}
+    for name, extra in (("plain", []), ("averaged", ["--ema_decay=0.9"])):
+        jobs[name] = tmp_path / name
+        result = run(trainer(python, jobs[name], *SAME_BATCHES, "--recipe=modern",
+                             "--checkpoint_every=3", "--deterministic", *extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert events(json_lines(result.stdout), "start")[0]["recipe"]["ema_decay"] == (
+            0.9 if extra else 0.0)
+    # Mid-training checkpoints hold the weights being trained (an exact resume needs them)...
+    for plain, averaged in zip(weights(jobs["plain"], 3)[0], weights(jobs["averaged"], 3)[0]):
+        np.testing.assert_array_equal(plain, averaged)
+    # ...the final one their average, which evaluation, export and cross-validation then read.
+    final, reader = weights(jobs["averaged"], 6)
+    slots = [reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+             if name.startswith("optimizer/_variables/")]
+    assert not all(np.array_equal(trained, averaged)
+                   for trained, averaged in zip(weights(jobs["plain"], 6)[0], final))
+    for averaged in final:
+        assert any(slot.shape == averaged.shape and np.array_equal(slot, averaged)
+                   for slot in slots)  # the optimizer's average, as it was kept

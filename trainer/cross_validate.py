@@ -6,6 +6,7 @@ published figures.
       --recipe=paper
   horovodrun -np 4 python -m trainer.cross_validate --records=... --model_dir=... --folds=0,1
   python -m trainer.cross_validate ... --time_steps=20   # first: the expected time, measured
+  python -m trainer.cross_validate ... --bundle=improved # the fastest recipe the races found
 
 Fold k trains in MODEL_DIR/fold<k>; a rerun resumes an unfinished fold and re-evaluates the
 finished ones. A stop signal ends the whole run after saving the current fold (exit 0); one
@@ -84,7 +85,7 @@ def main(argv):
     if backend.is_chief:
         with open(os.path.join(FLAGS.model_dir, RESULTS_FILE), "w") as f:
             json.dump(results, f, indent=2)
-        print(table(results, configs[0].task), flush=True)
+        print(table(results, configs[0].task, FLAGS.bundle), flush=True)
     return 0
 
 
@@ -103,8 +104,16 @@ def _fold_result(backend, config, threads):
     return result
 
 
-def table(results, task):
-    """The paper's table: per fold, then mean +- std (sample std over folds) beside the paper."""
+def load_results(path):
+    """The folds' results as written to RESULTS_FILE, crop counts back to numbers."""
+    with open(path) as results:
+        return [{int(key) if key.isdigit() else key: value for key, value in fold.items()}
+                for fold in json.load(results)]
+
+
+def table(results, task, bundle=None):
+    """The paper's table: per fold, then mean +- std (sample std over folds) beside the paper;
+    `bundle`: the name of the bundle the folds trained with, if one."""
     lines = [f"{'fold':>6} {'examples':>9} {'exact':>8} {'1-off':>8} {'exact-10':>9} "
              f"{'1-off-10':>9}"]
     for r in results:
@@ -112,7 +121,8 @@ def table(results, task):
                      f"{_pct(r[1]['accuracy_1off']):>8} {_pct(r[10]['accuracy']):>9} "
                      f"{_pct(r[10]['accuracy_1off']):>9}")
     lines.append("")
-    lines.append(f"{task}, {len(results)} folds: ours (mean +- std)  vs  Levi & Hassner 2015")
+    ours = f"ours, the {bundle} bundle" if bundle else "ours"
+    lines.append(f"{task}, {len(results)} folds: {ours} (mean +- std)  vs  Levi & Hassner 2015")
     for crops, name in ((1, "single crop"), (10, "over-sample")):
         for metric, label in (("accuracy", "exact"), ("accuracy_1off", "1-off")):
             values = [100 * r[crops][metric] for r in results]

@@ -280,19 +280,22 @@ def _loop(job, checkpoints, writer, stop):
             writer.write(current, window.metrics(plan["global_batch_size"],
                                                  backend.num_replicas))
             window = _Window()
-        if "checkpoint" in due:
+        if "checkpoint" in due and current < total:  # the last: after the loop, averaged
             average_statistics()
             _check_finite(model, current)
             checkpoints.save(current)
         if "evaluate" in due:
             average_statistics()
-            last_eval = evaluator(current, writer)
+            with recipes.averaged_weights(job.optimizer, model.trainable_variables):
+                last_eval = evaluator(current, writer)
         window.start_clock()
 
     final = int(step.numpy())
     window.read()
     _check_loss(window, writer, checkpoints)
     average_statistics()
+    if not stopped_by:  # what is evaluated, exported and cross-validated: the average
+        recipes.use_average(job.optimizer, model.trainable_variables)
     if evaluator and last_eval is None and not stopped_by:  # a finished job run again
         last_eval = evaluator(final, writer)
     _check_finite(model, final)

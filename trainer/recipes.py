@@ -10,7 +10,13 @@ reference batch's rate and climbs linearly to the scaled one over the first epoc
 given in steps (the paper's 50,000 steps, its decay every 10,000) are steps at the reference
 batch too, and shrink with a larger batch, so that the job sees the same number of epochs.
 At its own batch, the paper's recipe is exactly as published: no warm-up.
+
+A recipe may keep an exponential moving average of the weights (`ema_decay`, Polyak
+averaging): the job evaluates, checkpoints at its end and exports the average, which late in
+a schedule sits nearer the centre of the minimum the weights oscillate around.
 """
+
+import contextlib
 
 import dataclasses
 import math
@@ -39,6 +45,7 @@ class Recipe:
     dropout: float | None  # None: the model's default
     steps: int  # when neither --steps nor --epochs is given...
     epochs: int  # ...the recipe's length: steps if > 0, else epochs
+    ema_decay: float = 0.0  # the weights' moving average's decay per step; 0: none
 
 
 # Levi & Hassner's Caffe solver: SGD momentum 0.9, batch 50, 1e-3 x 0.1 every 10,000 of 50,000
@@ -140,12 +147,43 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 def optimizer(recipe, global_batch_size, total, warmup, precision):
     """SGD with momentum on the recipe's schedule; loss scaling under float16."""
     sgd = keras.optimizers.SGD(schedule(recipe, global_batch_size, total, warmup),
-                               momentum=recipe.momentum, nesterov=recipe.nesterov)
+                               momentum=recipe.momentum, nesterov=recipe.nesterov,
+                               use_ema=recipe.ema_decay > 0,
+                               ema_momentum=recipe.ema_decay or 0.99)
     if precision == "mixed_float16":
         # float16 gradients of small losses underflow: scale the loss up, the gradients down,
         # and skip the steps whose gradients overflow (dynamic loss scaling).
         return keras.optimizers.LossScaleOptimizer(sgd)
     return sgd
+
+
+def _averaging(optimizer):
+    """The SGD under the loss scaling, if it keeps a moving average of the weights; else None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner if inner.use_ema else None
+
+
+@contextlib.contextmanager
+def averaged_weights(optimizer, variables):
+    """Within it, `variables` (the model's trainable ones) hold their moving average; after it,
+    the weights being trained again. Without a moving average it changes nothing."""
+    if _averaging(optimizer) is None:
+        yield
+        return
+    trained = [tf.identity(v) for v in variables]
+    use_average(optimizer, variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, trained):
+            variable.assign(value)
+
+
+def use_average(optimizer, variables):
+    """Makes `variables` their moving average for good (the end of training), if there is one."""
+    averaging = _averaging(optimizer)
+    if averaging is not None:
+        averaging.finalize_variable_values(variables)  # on every replica
 
 
 def l2_term(variables, weight_decay):

@@ -1,13 +1,12 @@
 """Time to accuracy, MLPerf style: seconds of training to a held-out accuracy (trainer.bench).
 
   python -m trainer.time_to_accuracy --records=runs/big/records_64 --crop_size=56 \\
-      --budget_seconds=1200 --cache --improved_epochs=30 \\
-      --improved=resnet:modern:mixed_bfloat16,resnet:modern --out_dir=runs/big/tta
+      --budget_seconds=1200 --cache --improved=improved,resnet:modern --out_dir=runs/big/tta
   # Another contender against the same baseline, without running it again:
   python -m trainer.time_to_accuracy --records=runs/big/records_64 --crop_size=56 \\
       --budget_seconds=1200 --cache --improved_epochs=20 \\
       --baseline_from=runs/big/tta/time_to_accuracy.jsonl \\
-      --improved=resnet:modern:mixed_bfloat16 --out_dir=runs/big/tta_20_epochs
+      --improved=improved --out_dir=runs/big/tta_20_epochs
 
 The baseline (--baseline, the paper's network and recipe by default) trains for
 --budget_seconds of training, evaluated every --baseline_eval_every_seconds; the target is the
@@ -33,10 +32,12 @@ cli.define_flags("records")
 flags.DEFINE_string("out_dir", "runs/benchmark", "Where time_to_accuracy.jsonl and "
                     "time_to_accuracy.png are written.")
 flags.DEFINE_integer("crop_size", 227, "Crop side.", lower_bound=1)
-flags.DEFINE_string("baseline", "levi_hassner:paper", "MODEL:RECIPE[:PRECISION] whose best "
-                    "held-out accuracy within the budget is the target.")
-flags.DEFINE_list("improved", ["resnet:modern"], "MODEL:RECIPE[:PRECISION] of each contender "
-                  "raced to it.")
+flags.DEFINE_string("baseline", "paper", "The bundle (trainer.bundles) or MODEL:RECIPE"
+                    "[:PRECISION] whose best held-out accuracy within the budget is the target.")
+flags.DEFINE_list("improved", ["improved"], "Each contender raced to it: a bundle, or "
+                  "MODEL:RECIPE[:PRECISION] (the records read by tf.data, a step per call).")
+flags.DEFINE_integer("held_out_fold", 0, "The fold every race holds out (tune on another "
+                     "than the one you report).", lower_bound=0)
 flags.DEFINE_string("distribution", "one_device", "Every race's: one_device, or mirrored:N (N "
                     "logical devices without a GPU); a race runs in one process.")
 flags.DEFINE_float("budget_seconds", 1200, "Training seconds per race.", lower_bound=0)
@@ -51,10 +52,12 @@ flags.DEFINE_integer("smoothing", 3, "Evaluations in a window: a race is credite
                      "single evaluation).", lower_bound=1)
 flags.DEFINE_string("baseline_from", None, "The time_to_accuracy.jsonl of an earlier run whose "
                     "baseline, measured with the same settings, is reused instead of run.")
-flags.DEFINE_float("improved_epochs", 0, "The improved recipe's length in epochs (0: the "
-                   "recipe's own).", lower_bound=0)
+flags.DEFINE_float("improved_epochs", 0, "The contenders' length in epochs (0: each one's "
+                   "own).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "The seed of every race (initial weights, order, crops); "
                      "repeat with others to see the spread.")
+flags.DEFINE_integer("baseline_seed", None, "The baseline's seed, when it is not --seed: "
+                     "contenders of several seeds against one baseline.")
 flags.DEFINE_bool("cache", False, "Every race keeps its decoded training records in memory "
                   "(trainer.main's --cache), so that a fast network is not held back by JPEG "
                   "decoding on the cores it trains on.")
@@ -92,7 +95,8 @@ def main(argv):
     races.race_all(
         FLAGS.baseline, FLAGS.improved, FLAGS.out_dir, baseline_eval_every_seconds,
         target_accuracy=FLAGS.target_accuracy, improved_epochs=FLAGS.improved_epochs,
-        baseline_from=FLAGS.baseline_from, records=FLAGS.records, crop_size=FLAGS.crop_size,
+        baseline_from=FLAGS.baseline_from, baseline_seed=FLAGS.baseline_seed,
+        held_out_fold=FLAGS.held_out_fold, records=FLAGS.records, crop_size=FLAGS.crop_size,
         budget_seconds=FLAGS.budget_seconds, eval_every_seconds=FLAGS.eval_every_seconds,
         distribution=FLAGS.distribution, smoothing=FLAGS.smoothing, seed=FLAGS.seed,
         cache=FLAGS.cache)

@@ -7,6 +7,8 @@ matplotlib.use("Agg")  # files only: no display on a training machine
 from matplotlib import pyplot  # noqa: E402  (after the backend is chosen)
 from matplotlib import ticker  # noqa: E402
 
+from trainer import bundles  # noqa: E402
+
 SHORT_PRECISION = {"fp32": "fp32", "mixed_float16": "fp16", "mixed_bfloat16": "bf16"}
 
 
@@ -51,7 +53,10 @@ def time_to_accuracy(races, target, half_point, path):
         windows = [(point["seconds"], 100 * point["sustained"]) for point in race["curve"]
                    if point["sustained"] is not None]
         line, = axes.plot(*zip(*windows) if windows else ([], []),
-                          label=f"{race['name']}: {race['model']}, {race['recipe']} recipe, "
+                          label=f"{race['name']}: "
+                                + (f"{race['spec']}: " if race.get("spec") in bundles.BUNDLES
+                                   else "")
+                                + f"{race['model']}, {race['recipe']} recipe, "
                                 f"{SHORT_PRECISION.get(race['precision'], race['precision'])}")
         axes.plot(seconds, [100 * point["accuracy"] for point in race["curve"]], ".",
                   color=line.get_color(), alpha=0.35, markersize=4)

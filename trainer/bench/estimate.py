@@ -5,6 +5,11 @@ away: it writes nothing, and every fold builds its own model and sets its seeds 
 timing changes no result. Training time is measured; evaluation time is not, only estimated:
 a forward pass costs about a third of a training step per image (the backward pass is about
 twice the forward), and evaluation batches carry some padding, so that figure is approximate.
+
+No GPU step has been timed by this project: the time on one GPU is an assumption, printed as
+one. It counts the network's arithmetic (a training step's is three forward passes) at a rate
+a recent data-centre GPU sustains on convolutions in mixed precision, and at least a floor per
+step for the launch of its kernels and the input, which bound small networks instead.
 """
 
 import json
@@ -14,10 +19,14 @@ import tensorflow as tf
 
 from trainer import checkpoint as checkpoint_lib
 from trainer import loop
+from trainer import models
 from trainer.bench import timing
 
 WARMUP_STEPS = 2  # tracing, compilation and the input pipeline filling up: not timed
 FORWARD_SHARE = 1 / 3  # of a training step's cost per image, for one evaluation forward pass
+# The assumption behind the time on one GPU (not measured; README: What a GPU would change).
+ASSUMED_GPU_FLOPS = 20e12  # sustained, mixed precision, on these convolutions
+ASSUMED_GPU_STEP_FLOOR = 0.002  # seconds: kernel launches and input of one small step
 
 
 def cross_validation(configs, infos, backend, steps, final_crops):
@@ -27,8 +36,8 @@ def cross_validation(configs, infos, backend, steps, final_crops):
     Every process must call it: the timed steps are collective. `final_crops`: the crops of
     each fold's final evaluations (one evaluation each).
     """
-    seconds_per_step, global_batch_size, warmup = time_training(configs[0], infos[0], backend,
-                                                                steps)
+    seconds_per_step, global_batch_size, warmup, flops = time_training(configs[0], infos[0],
+                                                                       backend, steps)
     work = [fold_work(config, info, backend, final_crops)
             for config, info in zip(configs, infos)]
     seconds_per_image = seconds_per_step / global_batch_size
@@ -44,6 +53,9 @@ def cross_validation(configs, infos, backend, steps, final_crops):
     figures["train_seconds"] = figures["train_steps"] * seconds_per_step
     figures["eval_seconds"] = figures["eval_images"] * seconds_per_image * FORWARD_SHARE
     figures["total_seconds"] = figures["train_seconds"] + figures["eval_seconds"]
+    figures["flops_per_image"] = flops
+    figures["assumed_gpu_seconds"] = assumed_gpu_seconds(
+        flops, global_batch_size, figures["train_steps"], figures["eval_images"])
     if backend.is_chief:
         print(describe(figures, configs[0].model), flush=True)
         print(json.dumps({"event": "estimate", "process": backend.process_index,
@@ -52,15 +64,23 @@ def cross_validation(configs, infos, backend, steps, final_crops):
 
 
 def time_training(config, info, backend, steps):
-    """(seconds per step, global batch, warm-up steps) of `config`'s job (on its data `info`)
-    over `steps` steps, the first WARMUP_STEPS (fewer if `steps` is small; at least one step is
-    timed) untimed."""
+    """(seconds per step, global batch, warm-up steps, forward FLOPs per image) of `config`'s
+    job (on its data `info`) over `steps` steps, the first WARMUP_STEPS (fewer if `steps` is
+    small; at least one step is timed) untimed."""
     job = loop.prepare(config, backend, info)
     timer = timing.StepTimer(job)
     warmup = max(0, min(WARMUP_STEPS, steps - 1))
     timer.warm_up(warmup)
     seconds = timer.window(steps - warmup)
-    return seconds / (steps - warmup), job.plan["global_batch_size"], warmup
+    return (seconds / (steps - warmup), job.plan["global_batch_size"], warmup,
+            models.flops_per_image(job.model))
+
+
+def assumed_gpu_seconds(flops_per_image, global_batch_size, train_steps, eval_images):
+    """The time on one GPU under the module's assumption (not a measurement)."""
+    step = max(3 * flops_per_image * global_batch_size / ASSUMED_GPU_FLOPS,
+               ASSUMED_GPU_STEP_FLOOR)
+    return train_steps * step + eval_images * flops_per_image / ASSUMED_GPU_FLOPS
 
 
 def fold_work(config, info, backend, final_crops):
@@ -88,7 +108,12 @@ def describe(figures, model):
          f"{figures['images_per_sec']:,.1f} images/s ({model}, global batch "
          f"{figures['global_batch_size']}; {figures['timed_steps']} steps timed after "
          f"{figures['warmup_steps']} of warm-up)"] +
-        [f"  {name:<11} {what:<40} {time_taken:>18}" for name, what, time_taken in rows])
+        [f"  {name:<11} {what:<40} {time_taken:>18}" for name, what, time_taken in rows] +
+        [f"on one GPU, assumed (no GPU step measured): about "
+         f"{duration(figures['assumed_gpu_seconds'])}, if it sustains "
+         f"{ASSUMED_GPU_FLOPS / 1e12:g} TFLOP/s on {figures['flops_per_image'] / 1e9:.3f} "
+         f"GFLOP per image forward and a step takes at least {ASSUMED_GPU_STEP_FLOOR * 1e3:g} "
+         f"ms"])
 
 
 def duration(seconds):

@@ -40,6 +40,9 @@ import tensorflow as tf
 from input import schema
 from launch import entry
 from launch import host
+from trainer import bundles
+from trainer import cli
+from trainer import data
 from trainer import loop
 from trainer import models
 from trainer import recipes
@@ -53,7 +56,8 @@ from trainer.bench import timing
 HALF_POINT = 0.005
 # What a reused baseline must share with the one it stands in for: what shapes its curve or
 # its seconds. The records are compared by their manifest, wherever the folder now is.
-BASELINE_SETTINGS = ("model", "recipe", "precision", "epochs", "records_manifest_sha256",
+BASELINE_SETTINGS = ("model", "recipe", "recipe_settings", "precision", "data",
+                     "steps_per_call", "epochs", "records_manifest_sha256",
                      "held_out_fold", "crop_size", "budget_seconds", "eval_every_seconds",
                      "smoothing", "seed", "cache", "distribution", "machine")
 
@@ -61,6 +65,7 @@ BASELINE_SETTINGS = ("model", "recipe", "precision", "epochs", "records_manifest
 @dataclasses.dataclass(frozen=True)
 class Race:
     name: str  # "baseline", "improved 1", ...
+    spec: str  # what was raced: a bundle's name or MODEL:RECIPE[:PRECISION]
     model: str
     recipe: str
     records: str
@@ -75,23 +80,66 @@ class Race:
     held_out_fold: int = 0
     seed: int = 0
     cache: bool = False  # decoded training records kept in memory (--cache)
+    data: str = "records"  # trainer.data.SOURCES
+    steps_per_call: int = 1
+    recipe_settings: dict = dataclasses.field(default_factory=dict)  # recipes.resolve's
 
 
 def contender(spec):
-    """{"model", "recipe", "precision"} from "resnet:modern[:mixed_bfloat16]", with a clear
-    error otherwise."""
+    """The Race fields of `spec`: a bundle's name (trainer.bundles) or
+    MODEL:RECIPE[:PRECISION], then any :SETTING=VALUE, each a field of the race (epochs, data,
+    steps_per_call) or of its recipe (learning_rate, ema_decay, batch_size, ...):
+    "improved:epochs=20:ema_decay=0.999", "resnet:modern:mixed_bfloat16". ValueError naming
+    what is wrong otherwise."""
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"a contender is MODEL:RECIPE[:PRECISION] (resnet:modern:fp32), "
-                         f"not {spec!r}")
-    named = {"model": parts[0], "recipe": parts[1],
-             "precision": parts[2] if len(parts) == 3 else "fp32"}
+    named = [part for part in parts if "=" not in part]
+    if named[:1] and named[0] in bundles.BUNDLES and len(named) == 1:
+        bundle = bundles.BUNDLES[named[0]]
+        fields = {"model": bundle.model, "recipe": bundle.recipe, "precision": bundle.precision,
+                  "data": bundle.data, "epochs": bundle.epochs,
+                  "steps_per_call": bundle.steps_per_call or cli.default_steps_per_call(),
+                  "recipe_settings": dict(bundle.recipe_settings)}
+    elif len(named) in (2, 3) and all(named):
+        fields = {"model": named[0], "recipe": named[1],
+                  "precision": named[2] if len(named) == 3 else "fp32", "recipe_settings": {}}
+    else:
+        raise ValueError(f"a contender is a bundle ({', '.join(sorted(bundles.BUNDLES))}) or "
+                         f"MODEL:RECIPE[:PRECISION] (resnet:modern:fp32), then any "
+                         f":SETTING=VALUE, not {spec!r}")
+    for part in parts:
+        if "=" in part:
+            _set(fields, spec, *part.split("=", 1))
     for kind, known in (("model", models.names()), ("recipe", sorted(recipes.RECIPES)),
-                        ("precision", sorted(loop.PRECISIONS))):
-        if named[kind] not in known:
-            raise ValueError(f"{spec!r}: unknown {kind} {named[kind]!r}; expected one of "
+                        ("precision", sorted(loop.PRECISIONS)), ("data", data.SOURCES)):
+        if fields.get(kind, known[0]) not in known:
+            raise ValueError(f"{spec!r}: unknown {kind} {fields[kind]!r}; expected one of "
                              f"{', '.join(known)}")
-    return named
+    return {"spec": spec, **fields}
+
+
+# A contender's settings that are the race's own; the others belong to its recipe.
+RACE_SETTINGS = {"precision": str, "data": str, "epochs": float, "steps_per_call": int}
+
+
+def _set(fields, spec, key, text):
+    """Sets the contender's setting `key` from `text`, typed as the field it sets."""
+    recipe_types = {field.name: field.type for field in dataclasses.fields(recipes.Recipe)}
+    kind = RACE_SETTINGS.get(key) or recipe_types.get(key)
+    if kind is None or key == "name":
+        known = dict.fromkeys([*RACE_SETTINGS, *recipe_types])
+        known.pop("name")
+        raise ValueError(f"{spec!r}: unknown setting {key!r}; expected one of "
+                         f"{', '.join(known)}")
+    kind = {"bool": bool, "int": int, "float": float, "str": str}.get(
+        getattr(kind, "__name__", ""), float if "float" in str(kind) else kind)
+    try:
+        value = (text == "true" if text in ("true", "false") else None) if kind is bool \
+            else kind(text)
+    except ValueError:
+        value = None
+    if value is None:
+        raise ValueError(f"{spec!r}: {key}={text!r} is not a {kind.__name__}")
+    (fields if key in RACE_SETTINGS else fields["recipe_settings"])[key] = value
 
 
 def check_distribution(text):
@@ -102,7 +150,7 @@ def check_distribution(text):
 
 
 def race_all(baseline, improved, out_dir, baseline_eval_every_seconds, target_accuracy=None,
-             improved_epochs=0, baseline_from=None, **common):
+             improved_epochs=0, baseline_from=None, baseline_seed=None, **common):
     """The baseline's race (or its curve reused from `baseline_from`) sets the target (unless
     `target_accuracy` is given), then the improved ones run to it. Prints the table and the
     ratios; writes OUT_DIR/time_to_accuracy.jsonl and its chart.
@@ -110,12 +158,14 @@ def race_all(baseline, improved, out_dir, baseline_eval_every_seconds, target_ac
     Args:
       baseline, improved: contender specs, "MODEL:RECIPE[:PRECISION]" (see `contender`).
       baseline_eval_every_seconds: the baseline's cadence (`common` has the contenders').
-      improved_epochs: the improved recipe's length (0: the recipe's own).
+      improved_epochs: the contenders' length (0: each one's own).
       baseline_from: the JSON lines of an earlier run whose baseline is reused, or None.
+      baseline_seed: the baseline's seed (None: the contenders').
       common: the other fields of `Race`, the same in every race.
     """
     baseline_race = Race("baseline", **contender(baseline), **{
-        **common, "eval_every_seconds": baseline_eval_every_seconds})
+        **common, "eval_every_seconds": baseline_eval_every_seconds,
+        "seed": common["seed"] if baseline_seed is None else baseline_seed})
     window = common["smoothing"]
     with output.open_jsonl(out_dir, "time_to_accuracy.jsonl") as out:
         measured_with = {"records_manifest_sha256": manifest_sha256(common["records"]),
@@ -137,17 +187,21 @@ def race_all(baseline, improved, out_dir, baseline_eval_every_seconds, target_ac
         improved_results = []
         for number, spec in enumerate(improved, 1):
             say(f"improved {number}: {spec} to {100 * target:.1f}%")
+            settings = contender(spec)
+            if improved_epochs:
+                settings["epochs"] = improved_epochs
             improved_results.append({**run_race(Race(
-                f"improved {number}", **contender(spec), epochs=improved_epochs,
-                target=target, **common)), **measured_with, "date": now()})
+                f"improved {number}", **settings, target=target, **common)), **measured_with,
+                "date": now()})
         for race in (baseline_result, *improved_results):
             out.write(json.dumps({**race, "target": target,
                                   **compared(race, baseline_result, target)}) + "\n")
     chart = charts.time_to_accuracy([baseline_result, *improved_results], target,
                                     HALF_POINT, os.path.join(out_dir, "time_to_accuracy.png"))
-    print(f"time to accuracy: {common['records']}, held-out fold 0, {common['crop_size']}x"
-          f"{common['crop_size']} crops, budget {common['budget_seconds']:g} s of training, "
-          f"seed {common['seed']}; evaluated every {common['eval_every_seconds']:g} s of "
+    print(f"time to accuracy: {common['records']}, held-out fold {common['held_out_fold']}, "
+          f"{common['crop_size']}x{common['crop_size']} crops, budget "
+          f"{common['budget_seconds']:g} s of training, seed {common['seed']} (the baseline's "
+          f"{baseline_result['seed']}); evaluated every {common['eval_every_seconds']:g} s of "
           f"training (the baseline every {baseline_result['eval_every_seconds']:g} s); a race "
           f"is credited with its first evaluation whose mean with the next {window - 1} "
           f"reaches the target")
@@ -244,7 +298,7 @@ def run_race(race):
     drain.join()
     if result is None or process.returncode:
         last = next((line.strip() for line in reversed(errors) if line.strip()), "no output")
-        raise entry.Failure(f"the {race.name} race ({race.model}:{race.recipe}) failed: {last}")
+        raise entry.Failure(f"the {race.name} race ({race.spec}) failed: {last}")
     return result
 
 
@@ -257,13 +311,13 @@ def train_and_evaluate(race, threads=None):
 
     distribution = processes.Distribution.parse(race.distribution)
     backend = strategy.create(distribution.strategy, logical_cpus=distribution.logical_cpus)
-    recipe = recipes.resolve(race.recipe)
+    recipe = recipes.resolve(race.recipe, **race.recipe_settings)
     config = loop.TrainConfig(
         # The recipe's batch as one job, whatever the race's replicas: races compare recipes.
         model_dir="", records=race.records, recipe=recipe, global_batch_size=recipe.batch_size,
-        model=race.model, held_out_fold=race.held_out_fold, epochs=race.epochs,
+        model=race.model, data=race.data, held_out_fold=race.held_out_fold, epochs=race.epochs,
         crop_size=race.crop_size, precision=race.precision, seed=race.seed, cache=race.cache,
-        input_threads=threads)
+        input_threads=threads, steps_per_call=race.steps_per_call)
     job = loop.prepare(config, backend)
     held_out = evaluation.evaluator(backend, job.info, job.model,
                                     job.plan["global_batch_size"], 1, race.crop_size, threads)
@@ -272,11 +326,15 @@ def train_and_evaluate(race, threads=None):
     seconds = time.perf_counter() - started
     total = job.plan["total_steps"]
     curve, next_eval, stopped = [], race.eval_every_seconds, "schedule"
-    for step in range(1, total + 1):
-        seconds += timer.window(1)  # the clock runs while the race trains, not evaluates
+    step = 0
+    while step < total:
+        length = min(race.steps_per_call, total - step)
+        seconds += timer.window(length)  # the clock runs while the race trains, not evaluates
+        step += length
         out_of_time = seconds >= race.budget_seconds
         if seconds >= next_eval or out_of_time or step == total:
-            evaluated = held_out()
+            with recipes.averaged_weights(job.optimizer, job.model.trainable_variables):
+                evaluated = held_out()
             curve.append({"seconds": seconds, "step": step, "accuracy": evaluated["accuracy"],
                           "accuracy_1off": evaluated["accuracy_1off"]})
             print(json.dumps({"race": race.name, **curve[-1]}), flush=True)
@@ -358,6 +416,7 @@ def _percent(accuracy):
 
 
 def _ratio_line(race, baseline, target):
+    race = {**race, "name": f"{race['name']} ({race.get('spec', race['model'])})"}
     times = compared(race, baseline, target)
     ended = race["curve"][-1]["seconds"]
     if times["seconds_to_target"] is None:

@@ -1,0 +1,50 @@
+"""Recipe bundles: every setting of one way to train, under one name.
+
+A recipe (trainer.recipes) is the solver; a bundle adds the network, the precision, where the
+training data lives, the steps per call, the length and the recipe's settings that differ
+from its defaults. `paper` is Levi & Hassner as published; `improved` is the fastest way to
+their accuracy that the time-to-accuracy races found (README: A recipe several times faster).
+
+trainer.main and trainer.cross_validate take --bundle=NAME: each of its settings becomes a
+flag's default, and a flag given on the command line wins. trainer.time_to_accuracy races
+bundles by name.
+"""
+
+import dataclasses
+
+from launch import entry
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    name: str
+    model: str
+    recipe: str  # trainer.recipes.RECIPES
+    precision: str = "fp32"
+    data: str = "records"  # trainer.data.SOURCES
+    epochs: float = 0  # 0: the recipe's own length
+    steps_per_call: int = 0  # 0: the machine's default (trainer.cli)
+    recipe_settings: dict = dataclasses.field(default_factory=dict)  # recipes.resolve's overrides
+
+
+PAPER = Bundle("paper", model="levi_hassner", recipe="paper")
+IMPROVED = Bundle("improved", model="resnet", recipe="modern", precision="mixed_bfloat16",
+                  data="resident", epochs=30)
+BUNDLES = {bundle.name: bundle for bundle in (PAPER, IMPROVED)}
+# The settings a bundle gives, by the name of the flag that overrides each.
+FLAG_SETTINGS = ("model", "recipe", "precision", "data", "epochs", "steps_per_call")
+
+
+def get(name):
+    """The bundle called `name`; a UserError naming the known ones otherwise."""
+    if name not in BUNDLES:
+        raise entry.UserError(f"--bundle={name}: unknown; known: {', '.join(sorted(BUNDLES))}")
+    return BUNDLES[name]
+
+
+def describe(bundle):
+    """One line: the bundle's settings, as the flags that would give them."""
+    settings = {**{key: getattr(bundle, key) for key in FLAG_SETTINGS},
+                **bundle.recipe_settings}
+    return " ".join(f"--{key}={value:g}" if isinstance(value, float) else f"--{key}={value}"
+                    for key, value in settings.items() if value not in (0, None))
