@@ -205,7 +205,8 @@ def test_time_to_accuracy_races_a_contender_to_a_reused_baselines_best(python, r
 
 def test_a_baseline_measured_with_other_settings_is_not_reused(tmp_path):
     settings = {"model": "levi_hassner", "recipe": "paper", "recipe_settings": {},
-                "precision": "fp32", "data": "records", "steps_per_call": 1, "epochs": 0,
+                "precision": "fp32", "data": "records", "steps_per_call": 1, "xla": False,
+                "epochs": 0,
                 "records_manifest_sha256": "ab12", "held_out_fold": 0, "crop_size": 56,
                 "budget_seconds": 1200, "eval_every_seconds": 30, "smoothing": 3, "seed": 0,
                 "cache": True, "distribution": "one_device",
@@ -223,6 +224,11 @@ def test_a_baseline_measured_with_other_settings_is_not_reused(tmp_path):
     assert str(refused.value).startswith(f"--baseline_from={saved}: ")
     assert "crop_size 64 there, 48 here" in str(refused.value)  # against the latest one
     assert "'cores': 8" in str(refused.value) and "\n" not in str(refused.value)
+    # One saved before a race had these fields was run with their defaults.
+    older = {key: value for key, value in settings.items()
+             if key not in ("recipe_settings", "data", "steps_per_call", "xla")}
+    saved.write_text(json.dumps({**older, "name": "baseline", "date": "before"}) + "\n")
+    assert races.reused_baseline(str(saved), settings)["date"] == "before"
     saved.write_text(json.dumps(lines[1]) + "\n")
     with pytest.raises(entry.UserError, match="no baseline race in it"):
         races.reused_baseline(str(saved), settings)

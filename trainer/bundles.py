@@ -24,6 +24,7 @@ class Bundle:
     data: str = "records"  # trainer.data.SOURCES
     epochs: float = 0  # 0: the recipe's own length
     steps_per_call: int = 0  # 0: the machine's default (trainer.cli)
+    xla: bool = False
     recipe_settings: dict = dataclasses.field(default_factory=dict)  # recipes.resolve's overrides
 
 
@@ -32,7 +33,7 @@ IMPROVED = Bundle("improved", model="resnet", recipe="modern", precision="mixed_
                   data="resident", epochs=30)
 BUNDLES = {bundle.name: bundle for bundle in (PAPER, IMPROVED)}
 # The settings a bundle gives, by the name of the flag that overrides each.
-FLAG_SETTINGS = ("model", "recipe", "precision", "data", "epochs", "steps_per_call")
+FLAG_SETTINGS = ("model", "recipe", "precision", "data", "epochs", "steps_per_call", "xla")
 
 
 def get(name):
@@ -46,5 +47,6 @@ def describe(bundle):
     """One line: the bundle's settings, as the flags that would give them."""
     settings = {**{key: getattr(bundle, key) for key in FLAG_SETTINGS},
                 **bundle.recipe_settings}
-    return " ".join(f"--{key}={value:g}" if isinstance(value, float) else f"--{key}={value}"
-                    for key, value in settings.items() if value not in (0, None))
+    return " ".join(f"--{key}" if value is True else
+                    f"--{key}={value:g}" if isinstance(value, float) else f"--{key}={value}"
+                    for key, value in settings.items() if value not in (0, None, False))

@@ -57,7 +57,7 @@ HALF_POINT = 0.005
 # What a reused baseline must share with the one it stands in for: what shapes its curve or
 # its seconds. The records are compared by their manifest, wherever the folder now is.
 BASELINE_SETTINGS = ("model", "recipe", "recipe_settings", "precision", "data",
-                     "steps_per_call", "epochs", "records_manifest_sha256",
+                     "steps_per_call", "xla", "epochs", "records_manifest_sha256",
                      "held_out_fold", "crop_size", "budget_seconds", "eval_every_seconds",
                      "smoothing", "seed", "cache", "distribution", "machine")
 
@@ -82,6 +82,7 @@ class Race:
     cache: bool = False  # decoded training records kept in memory (--cache)
     data: str = "records"  # trainer.data.SOURCES
     steps_per_call: int = 1
+    xla: bool = False
     recipe_settings: dict = dataclasses.field(default_factory=dict)  # recipes.resolve's
 
 
@@ -98,7 +99,7 @@ def contender(spec):
         fields = {"model": bundle.model, "recipe": bundle.recipe, "precision": bundle.precision,
                   "data": bundle.data, "epochs": bundle.epochs,
                   "steps_per_call": bundle.steps_per_call or cli.default_steps_per_call(),
-                  "recipe_settings": dict(bundle.recipe_settings)}
+                  "xla": bundle.xla, "recipe_settings": dict(bundle.recipe_settings)}
     elif len(named) in (2, 3) and all(named):
         fields = {"model": named[0], "recipe": named[1],
                   "precision": named[2] if len(named) == 3 else "fp32", "recipe_settings": {}}
@@ -118,7 +119,8 @@ def contender(spec):
 
 
 # A contender's settings that are the race's own; the others belong to its recipe.
-RACE_SETTINGS = {"precision": str, "data": str, "epochs": float, "steps_per_call": int}
+RACE_SETTINGS = {"precision": str, "data": str, "epochs": float, "steps_per_call": int,
+                 "xla": bool}
 
 
 def _set(fields, spec, key, text):
@@ -265,15 +267,26 @@ def reused_baseline(path, settings):
                  if isinstance(race, dict) and race.get("name") == "baseline"]
     if not baselines:
         raise entry.UserError(f"--baseline_from={path}: no baseline race in it")
+    # A race saved before one of its fields existed was run with that field's default.
+    defaults = {field.name: _default(field) for field in dataclasses.fields(Race)}
+    saved_as = lambda race, key: race.get(key, defaults.get(key))  # noqa: E731
     for race in reversed(baselines):
-        if all(race.get(key) == settings[key] for key in BASELINE_SETTINGS):
+        if all(saved_as(race, key) == settings[key] for key in BASELINE_SETTINGS):
             return race
     latest = baselines[-1]
-    differs = "; ".join(f"{key} {latest.get(key)!r} there, {settings[key]!r} here"
-                        for key in BASELINE_SETTINGS if latest.get(key) != settings[key])
+    differs = "; ".join(f"{key} {saved_as(latest, key)!r} there, {settings[key]!r} here"
+                        for key in BASELINE_SETTINGS if saved_as(latest, key) != settings[key])
     raise entry.UserError(f"--baseline_from={path}: its baseline was measured with other "
                           f"settings ({differs}): run the baseline again without "
                           f"--baseline_from")
+
+
+def _default(field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def run_race(race):
@@ -317,7 +330,7 @@ def train_and_evaluate(race, threads=None):
         model_dir="", records=race.records, recipe=recipe, global_batch_size=recipe.batch_size,
         model=race.model, data=race.data, held_out_fold=race.held_out_fold, epochs=race.epochs,
         crop_size=race.crop_size, precision=race.precision, seed=race.seed, cache=race.cache,
-        input_threads=threads, steps_per_call=race.steps_per_call)
+        input_threads=threads, steps_per_call=race.steps_per_call, xla=race.xla)
     job = loop.prepare(config, backend)
     held_out = evaluation.evaluator(backend, job.info, job.model,
                                     job.plan["global_batch_size"], 1, race.crop_size, threads)
