@@ -11,8 +11,9 @@
 The baseline (--baseline, the paper's network and recipe by default) trains for
 --budget_seconds of training, evaluated every --baseline_eval_every_seconds; the target is the
 best held-out accuracy it sustains within them (the mean of a window of --smoothing consecutive
-evaluations). Each --improved contender then trains, evaluated every --eval_every_seconds, until
-it sustains that target, or its schedule or the budget ends. Every race is credited with the
+evaluations). Each --improved contender (a bundle, or MODEL:RECIPE[:PRECISION], then any
+:SETTING=VALUE: "improved:epochs=20:learning_rate=0.2") then trains, evaluated every
+--eval_every_seconds, until it sustains that target, or its schedule or the budget ends. Every race is credited with the
 first evaluation whose window (it and the next ones) averages at least the target. Each race
 runs in its own process. Out: a table, each contender's time against the baseline's time to the
 target and to half a point below, OUT_DIR/time_to_accuracy.jsonl with every curve, and its chart

@@ -42,6 +42,16 @@ def _calls_and_gradients(cell):
         f" {compression} grads" if compression != "none" else "")
 
 
+def _contender(race):
+    """What raced: its spec (trainer.bench.races.contender) and, for a bundle, its network."""
+    network = (f"{race['model']}, {race['recipe']} recipe, "
+               f"{SHORT_PRECISION.get(race['precision'], race['precision'])}")
+    spec = race.get("spec")  # not in races saved before specs
+    if not spec:
+        return network
+    return f"{spec} ({network})" if spec.split(":")[0] in bundles.BUNDLES else spec
+
+
 def time_to_accuracy(races, target, half_point, path):
     """Held-out accuracy against training seconds (a log axis: equal gaps are equal ratios):
     per race, each evaluation as a faint dot and, as a line, each evaluation's window (its mean
@@ -53,11 +63,7 @@ def time_to_accuracy(races, target, half_point, path):
         windows = [(point["seconds"], 100 * point["sustained"]) for point in race["curve"]
                    if point["sustained"] is not None]
         line, = axes.plot(*zip(*windows) if windows else ([], []),
-                          label=f"{race['name']}: "
-                                + (f"{race['spec']}: " if race.get("spec") in bundles.BUNDLES
-                                   else "")
-                                + f"{race['model']}, {race['recipe']} recipe, "
-                                f"{SHORT_PRECISION.get(race['precision'], race['precision'])}")
+                          label=f"{race['name']}: {_contender(race)}")
         axes.plot(seconds, [100 * point["accuracy"] for point in race["curve"]], ".",
                   color=line.get_color(), alpha=0.35, markersize=4)
         credited = next((window for window in windows if window[1] >= 100 * target), None)

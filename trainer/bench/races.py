@@ -94,7 +94,7 @@ def contender(spec):
     what is wrong otherwise."""
     parts = spec.split(":")
     named = [part for part in parts if "=" not in part]
-    if named[:1] and named[0] in bundles.BUNDLES and len(named) == 1:
+    if len(named) == 1 and named[0] in bundles.BUNDLES:
         bundle = bundles.BUNDLES[named[0]]
         fields = {"model": bundle.model, "recipe": bundle.recipe, "precision": bundle.precision,
                   "data": bundle.data, "epochs": bundle.epochs,
@@ -158,7 +158,8 @@ def race_all(baseline, improved, out_dir, baseline_eval_every_seconds, target_ac
     ratios; writes OUT_DIR/time_to_accuracy.jsonl and its chart.
 
     Args:
-      baseline, improved: contender specs, "MODEL:RECIPE[:PRECISION]" (see `contender`).
+      baseline, improved: contender specs: a bundle's name or "MODEL:RECIPE[:PRECISION]",
+        then any ":SETTING=VALUE" (see `contender`).
       baseline_eval_every_seconds: the baseline's cadence (`common` has the contenders').
       improved_epochs: the contenders' length (0: each one's own).
       baseline_from: the JSON lines of an earlier run whose baseline is reused, or None.
