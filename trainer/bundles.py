@@ -12,8 +12,6 @@ bundles by name.
 
 import dataclasses
 
-from launch import entry
-
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
@@ -38,13 +36,6 @@ IMPROVED = Bundle("improved", model="resnet", recipe="modern", precision="mixed_
 BUNDLES = {bundle.name: bundle for bundle in (PAPER, IMPROVED)}
 # The settings a bundle gives, by the name of the flag that overrides each.
 FLAG_SETTINGS = ("model", "recipe", "precision", "data", "epochs", "steps_per_call", "xla")
-
-
-def get(name):
-    """The bundle called `name`; a UserError naming the known ones otherwise."""
-    if name not in BUNDLES:
-        raise entry.UserError(f"--bundle={name}: unknown; known: {', '.join(sorted(BUNDLES))}")
-    return BUNDLES[name]
 
 
 def describe(bundle):

@@ -167,7 +167,7 @@ def train_config(input_threads=None, **overrides):
     """The TrainConfig of the training flags (`overrides`: values an entry point sets)."""
     if FLAGS.backbone_weights and not os.path.isfile(FLAGS.backbone_weights):
         raise entry.UserError(f"--backbone_weights={FLAGS.backbone_weights}: no such file")
-    bundle = bundles.get(FLAGS.bundle) if FLAGS.bundle else None
+    bundle = bundles.BUNDLES[FLAGS.bundle] if FLAGS.bundle else None  # an enum flag
     setting = {name: getattr(bundle, name) if bundle and not FLAGS[name].present
                else getattr(FLAGS, name) for name in bundles.FLAG_SETTINGS}
     # The bundle's recipe settings belong to its recipe, not to another one given by flag.

@@ -96,10 +96,9 @@ def contender(spec):
     named = [part for part in parts if "=" not in part]
     if len(named) == 1 and named[0] in bundles.BUNDLES:
         bundle = bundles.BUNDLES[named[0]]
-        fields = {"model": bundle.model, "recipe": bundle.recipe, "precision": bundle.precision,
-                  "data": bundle.data, "epochs": bundle.epochs,
-                  "steps_per_call": bundle.steps_per_call or cli.default_steps_per_call(),
-                  "xla": bundle.xla, "recipe_settings": dict(bundle.recipe_settings)}
+        fields = {key: getattr(bundle, key) for key in bundles.FLAG_SETTINGS}
+        fields["steps_per_call"] = bundle.steps_per_call or cli.default_steps_per_call()
+        fields["recipe_settings"] = dict(bundle.recipe_settings)
     elif len(named) in (2, 3) and all(named):
         fields = {"model": named[0], "recipe": named[1],
                   "precision": named[2] if len(named) == 3 else "fp32", "recipe_settings": {}}
